@@ -1,0 +1,94 @@
+"""celeriac: a distributed task queue built as a small pluggy kernel plus plugins.
+
+The public API is what this module exports; plugins import only from here (and
+``celeriac.testing`` in their tests).
+"""
+
+from __future__ import annotations
+
+from . import states
+from ._envelope import Delivery, Envelope
+from .app import Celeriac, current_app
+from .config import Config, Setting
+from .exceptions import (
+    CeleriacError,
+    ConfigError,
+    ContentDisallowed,
+    DecodeError,
+    HandledError,
+    Ignore,
+    MaxRetriesExceededError,
+    NotRegistered,
+    PluginError,
+    Reject,
+    RemoteTaskError,
+    Retry,
+    SerializationError,
+    SoftTimeLimitExceeded,
+    TaskRevokedError,
+    TimeLimitExceeded,
+    TimeoutError,
+    TransportError,
+    WorkerLostError,
+)
+from .hookspecs import hookimpl, hookspec
+from .message import TaskMessage, decode_task_message, encode_task_message
+from .pool import Pool, TimeLimits
+from .result import AsyncResult, EagerResult
+from .resultstore import ResultRecord, ResultStore
+from .serialization import Serializer, SerializerRegistry
+from .task import Request, SharedTask, Task, shared_task
+from .transport import Subscription, Transport
+from .worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncResult",
+    "Celeriac",
+    "CeleriacError",
+    "Config",
+    "ConfigError",
+    "ContentDisallowed",
+    "DecodeError",
+    "Delivery",
+    "EagerResult",
+    "Envelope",
+    "HandledError",
+    "Ignore",
+    "MaxRetriesExceededError",
+    "NotRegistered",
+    "PluginError",
+    "Pool",
+    "Reject",
+    "RemoteTaskError",
+    "Request",
+    "ResultRecord",
+    "ResultStore",
+    "Retry",
+    "SerializationError",
+    "Serializer",
+    "SerializerRegistry",
+    "Setting",
+    "SharedTask",
+    "SoftTimeLimitExceeded",
+    "Subscription",
+    "Task",
+    "TaskMessage",
+    "TaskRevokedError",
+    "TimeLimitExceeded",
+    "TimeLimits",
+    "TimeoutError",
+    "Transport",
+    "TransportError",
+    "Worker",
+    "WorkerLostError",
+    "__version__",
+    "current_app",
+    "decode_task_message",
+    "encode_task_message",
+    "hookimpl",
+    "hookspec",
+    "shared_task",
+    "states",
+]

@@ -1,0 +1,250 @@
+"""Built-in commands: worker, call, result, purge, plugins, config, demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+from .. import states
+from ..exceptions import HandledError, TimeoutError
+from ._main import cli, get_app
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(threadName)s] %(message)s"
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [part.strip() for part in value.split(",") if part.strip()] if value else None
+
+
+def _json_option(text: str | None, option: str, expected: type, example: str) -> Any:
+    if text is None:
+        return expected()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise HandledError(f"{option}: not valid JSON ({exc.msg}); expected e.g. {example}") from None
+    if not isinstance(value, expected):
+        raise HandledError(f"{option}: expected a JSON {expected.__name__}, e.g. {example}")
+    return value
+
+
+def _to_json(value: Any) -> str:
+    return json.dumps(value, default=repr, ensure_ascii=False)
+
+
+# -- worker ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("-Q", "--queues", help="Comma-separated queues to consume (default: [celeriac.worker] queues).")
+@click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Tasks run at once.")
+@click.option("-P", "--pool", help="Execution pool (solo, threads, ...; see `celeriac plugins`).")
+@click.option("-n", "--hostname", help="Node name; %h is replaced by the host name.")
+@click.option("-l", "--loglevel", type=click.Choice(LOG_LEVELS, case_sensitive=False), help="Log level.")
+@click.option("--prefetch-multiplier", type=click.IntRange(min=1), help="Messages held per pool slot.")
+def worker(
+    queues: str | None,
+    concurrency: int | None,
+    pool: str | None,
+    hostname: str | None,
+    loglevel: str | None,
+    prefetch_multiplier: int | None,
+) -> None:
+    """Start a worker: consume queues and run tasks until SIGTERM/SIGINT."""
+    app = get_app()
+    level = (loglevel or app.conf.worker_log_level).upper()
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
+    node = app.Worker(
+        pool=pool,
+        concurrency=concurrency,
+        queues=_split(queues),
+        name=hostname,
+        prefetch_multiplier=prefetch_multiplier,
+    )
+    click.echo(
+        f"celeriac {node.hostname}: broker {app.conf.masked()['broker_url']}, pool {node.pool_name}, "
+        f"queues {','.join(node.queues)}, tasks: {', '.join(sorted(app.tasks)) or 'none'}",
+        err=True,
+    )
+    sys.exit(node.run())
+
+
+# -- call / result --------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--args", "args_json", metavar="JSON", help="Positional arguments as a JSON list, e.g. '[2, 3]'.")
+@click.option("--kwargs", "kwargs_json", metavar="JSON", help='Keyword arguments as a JSON object, e.g. \'{"x": 1}\'.')
+@click.option("--queue", help="Queue (default: routes, then the task's queue, then task_default_queue).")
+@click.option("--countdown", type=float, help="Run no earlier than this many seconds from now.")
+@click.option("--expires", type=float, help="Revoke if not started within this many seconds.")
+@click.option("--priority", type=click.IntRange(0, 9), help="Priority 0-9, higher first.")
+@click.option("--wait", is_flag=True, help="Wait for the result and print it as JSON.")
+@click.option("--timeout", type=float, default=None, help="Seconds to wait with --wait (default: forever).")
+def call(
+    name: str,
+    args_json: str | None,
+    kwargs_json: str | None,
+    queue: str | None,
+    countdown: float | None,
+    expires: float | None,
+    priority: int | None,
+    wait: bool,
+    timeout: float | None,
+) -> None:
+    """Send task NAME; print its id (or, with --wait, its result as JSON)."""
+    args = _json_option(args_json, "--args", list, "'[2, 3]'")
+    kwargs = _json_option(kwargs_json, "--kwargs", dict, "'{\"x\": 1}'")
+    app = get_app()
+    transport = app.transport
+    if not transport.shared_between_processes and not app.running_workers():
+        raise HandledError(
+            f"broker_url {app.conf.broker_url} only reaches workers inside this process and none runs here; "
+            "point broker_url at a broker other processes share (e.g. redis://127.0.0.1:6379/0)"
+        )
+    result = app.send_task(name, args, kwargs, queue=queue, countdown=countdown, expires=expires, priority=priority)
+    if not wait:
+        click.echo(result.id)
+        return
+    click.echo(result.id, err=True)
+    try:
+        value = result.get(timeout=timeout)
+    except TimeoutError as exc:
+        raise HandledError(str(exc)) from None
+    except Exception as exc:
+        raise HandledError(f"task {name}[{result.id}] failed: {type(exc).__name__}: {exc}") from None
+    click.echo(_to_json(value))
+
+
+@cli.command()
+@click.argument("task_id")
+@click.option("--wait", is_flag=True, help="Wait until the task is done.")
+@click.option("--timeout", type=float, default=None, help="Seconds to wait with --wait.")
+def result(task_id: str, wait: bool, timeout: float | None) -> None:
+    """Print the state and result of TASK_ID as JSON."""
+    app = get_app()
+    handle = app.AsyncResult(task_id)
+    if wait:
+        record = app.result_store.wait(task_id, states=states.READY_STATES, timeout=timeout)
+        if record is None or record.state not in states.READY_STATES:
+            raise HandledError(f"task {task_id} did not finish within {timeout}s")
+    record = app.result_store.get(task_id)
+    if record is None:
+        click.echo(_to_json({"id": task_id, "state": states.PENDING, "result": None}))
+        return
+    meta = app.decode_result(record)
+    click.echo(
+        _to_json(
+            {
+                "id": task_id,
+                "state": meta.get("status"),
+                "result": meta.get("result"),
+                "traceback": meta.get("traceback"),
+                "date_done": meta.get("date_done"),
+            }
+        )
+    )
+    if handle.failed():
+        sys.exit(1)
+
+
+# -- purge ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("-Q", "--queues", help="Comma-separated queues (default: the worker's queues).")
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+def purge(queues: str | None, force: bool) -> None:
+    """Delete all waiting messages from queues."""
+    app = get_app()
+    names = _split(queues) or app.conf.worker_queues or [app.conf.task_default_queue]
+    if not force:
+        click.confirm(f"Delete every waiting message in {', '.join(names)}?", abort=True, err=True)
+    for name in names:
+        count = app.transport.purge(name)
+        click.echo(f"purged {count} message{'s' if count != 1 else ''} from {name}")
+
+
+# -- plugins / config -----------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """List registered plugins: name, version, source and the hooks each implements."""
+    app = get_app()
+    found = app.plugins.plugins()
+    if as_json:
+        click.echo(json.dumps([{"name": p.name, "version": p.version, "source": p.source, "hooks": list(p.hooks)}
+                               for p in found], indent=2))
+        return
+    width = max((len(p.name) for p in found), default=4)
+    for info in found:
+        version = info.version or "-"
+        click.echo(f"{info.name:<{width}}  {version:<8}  {info.source}")
+        click.echo(f"{'':<{width}}  hooks: {', '.join(info.hooks) or '-'}")
+    click.echo(f"\npools: {', '.join(app.plugins.pool_names())}; serializers: {', '.join(app.serializers.names)}")
+
+
+@cli.command()
+@click.option("--all", "show_all", is_flag=True, help="Also describe every setting.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def config(show_all: bool, as_json: bool) -> None:
+    """Print the effective configuration and where each value came from (secrets masked)."""
+    app = get_app()
+    values = app.conf.masked()
+    if as_json:
+        click.echo(json.dumps(values, indent=2, default=repr))
+        return
+    click.echo(f"# config file: {app.conf.source}")
+    for setting in app.conf.settings():
+        origin = app.conf.origin(setting.name)
+        click.echo(f"{setting.location} = {_to_json(values[setting.name])}  # {origin}")
+        if show_all and setting.doc:
+            click.echo(f"    {setting.doc} (env: {setting.env_var})")
+
+
+# -- demo -----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("-n", "--count", type=click.IntRange(1, 100_000), default=20, help="How many tasks to send.")
+def demo(count: int) -> None:
+    """Run a worker and a client in this process on the embedded broker and print results."""
+    import time
+
+    from ..app import Celeriac
+    from ..testing import start_worker
+
+    app = Celeriac("demo", broker_url="memory://celeriac-demo", result_store="memory://celeriac-demo", environ={})
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    def divide(x: float, y: float) -> float:
+        return x / y
+
+    click.echo(f"worker: {app.conf.worker_pool} pool, 4 threads, broker memory://celeriac-demo")
+    with start_worker(app, pool="threads", concurrency=4):
+        started = time.perf_counter()
+        results = [add.delay(i, i) for i in range(count)]
+        values = [r.get(timeout=30) for r in results]
+        elapsed = time.perf_counter() - started
+        click.echo(f"sent {count} add tasks; results: {values[:10]}{' ...' if count > 10 else ''}")
+        click.echo(f"round trip for all {count}: {elapsed * 1000:.1f} ms")
+        failing = divide.delay(1, 0)
+        try:
+            failing.get(timeout=30)
+        except ZeroDivisionError as exc:
+            click.echo(f"divide(1, 0) failed on the worker and re-raised here: ZeroDivisionError: {exc}")
+        delayed = add.apply_async((40, 2), countdown=0.5)
+        click.echo(f"add(40, 2) with countdown=0.5s -> {delayed.get(timeout=30)} ({delayed.state})")
+    app.close()

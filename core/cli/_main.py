@@ -1,0 +1,125 @@
+"""The CLI group, app loading and error handling."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ..exceptions import ConfigError, HandledError
+
+if TYPE_CHECKING:
+    from ..app import Celeriac
+
+__all__ = ["cli", "get_app", "main"]
+
+
+@dataclass
+class CliState:
+    config_path: str | None
+    app_spec: str | None
+    app: Celeriac | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def load_app_spec(spec: str, origin: str) -> Celeriac:
+    """Import ``module:attribute`` (or ``module``, taking its ``app``) and check it is an app."""
+    from ..app import Celeriac
+
+    module_name, _, attribute = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{origin}: cannot import {module_name!r}: {exc}") from exc
+    attribute = attribute or "app"
+    app = getattr(module, attribute, None)
+    if not isinstance(app, Celeriac):
+        raise ConfigError(f"{origin}: {spec!r} is not a Celeriac app (expected module:attribute)")
+    return app
+
+
+def get_app(ctx: click.Context | None = None) -> Celeriac:
+    """The app for this CLI invocation: ``-A``, else the config's ``app`` key, else built from the config."""
+    from ..app import Celeriac
+    from ..config import discover_config_file, read_config_file
+
+    ctx = ctx or click.get_current_context()
+    state: CliState = ctx.find_root().obj
+    if state.app is None:
+        if state.app_spec:
+            app = load_app_spec(state.app_spec, "-A/--app")
+        else:
+            source = discover_config_file(state.config_path)
+            spec = read_config_file(source).get("app")
+            if isinstance(spec, str) and spec:
+                app = load_app_spec(spec, f"{source}: [celeriac] app")
+            else:
+                app = Celeriac(config_source=source)
+        app.set_current()
+        app.import_modules()
+        state.app = app
+    return state.app
+
+
+class CeleriacGroup(click.Group):
+    """A group that also offers the commands plugins register."""
+
+    def _plugin_commands(self, ctx: click.Context) -> dict[str, click.Command]:
+        try:
+            app = get_app(ctx)
+        except (HandledError, AttributeError):
+            return {}
+        return {command.name: command for command in app.plugins.cli_commands() if command.name}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = set(super().list_commands(ctx))
+        if ctx.obj is not None:
+            names |= set(self._plugin_commands(ctx))
+        return sorted(names)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and ctx.obj is not None:
+            command = self._plugin_commands(ctx).get(cmd_name)
+        return command
+
+
+@click.group(cls=CeleriacGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    help="Config file (default: $CELERIAC_CONFIG, ./celeriac.toml, or [tool.celeriac] in ./pyproject.toml).",
+)
+@click.option("-A", "--app", "app_spec", metavar="MODULE:APP", help="Use an app built in code instead of the config.")
+@click.version_option(package_name="celeriac", prog_name="celeriac")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, app_spec: str | None) -> None:
+    """celeriac: a distributed task queue assembled from plugins."""
+    ctx.obj = CliState(config_path=config_path, app_spec=app_spec)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``celeriac`` script: one-line errors, meaningful exit codes."""
+    from . import _commands  # noqa: F401 - registers the built-in commands
+
+    try:
+        code = cli.main(args=argv, prog_name="celeriac", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except HandledError as exc:
+        click.echo(f"celeriac: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,83 @@
+"""The execution-pool interface: where task bodies run.
+
+The worker hands the pool opaque work items; the pool calls the ``runner`` it was started with
+on each item (in a thread, a child process, an event loop, or inline) and hands the runner's
+return value to the item's ``on_done`` callback **in the worker process**. The worker never
+gives a pool more items than :attr:`Pool.size`, so a pool needs no queue of its own.
+
+Pools are created by the ``celeriac_pool`` hook from a name (``solo``, ``threads``, ...).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+__all__ = ["Pool", "TimeLimits"]
+
+
+@dataclass(frozen=True, slots=True)
+class TimeLimits:
+    """Per-item time limits in seconds; ``None`` means no limit."""
+
+    soft: float | None = None
+    hard: float | None = None
+
+
+class Pool(ABC):
+    """Base class of every pool plugin."""
+
+    #: The name the pool is selected by (``-P NAME`` / ``worker.pool``).
+    name: ClassVar[str] = ""
+    #: True when items run in the caller's thread (``solo``): ``submit`` returns after ``on_done``.
+    runs_inline: ClassVar[bool] = False
+
+    def __init__(self, concurrency: int, options: Mapping[str, Any] | None = None) -> None:
+        if concurrency < 1:
+            raise ValueError(f"pool concurrency must be at least 1, got {concurrency}")
+        self.concurrency = concurrency
+        self.options: dict[str, Any] = dict(options or {})
+
+    @abstractmethod
+    def start(self, runner: Callable[[Any], Any], process_init: Callable[[], None]) -> None:
+        """Start executing. ``process_init`` is called once in every process that will run
+        items (once, in this process, for in-process pools) before its first item."""
+
+    @abstractmethod
+    def submit(
+        self,
+        item: Any,
+        on_done: Callable[[Any], None],
+        on_error: Callable[[BaseException], None],
+        *,
+        time_limits: TimeLimits | None = None,
+    ) -> None:
+        """Run ``runner(item)`` soon and pass its return value to ``on_done``.
+
+        If the runner raises, or the process running it dies, ``on_error`` gets the exception
+        (:class:`~celeriac.WorkerLostError` for a dead process). Exactly one of the two is
+        called for every submitted item.
+        """
+
+    @property
+    def size(self) -> int:
+        """How many items can run at the same time right now."""
+        return self.concurrency
+
+    def grow(self, n: int = 1) -> None:
+        """Add ``n`` execution slots."""
+        raise NotImplementedError(f"the {self.name} pool cannot grow")
+
+    def shrink(self, n: int = 1) -> None:
+        """Remove ``n`` execution slots (running items finish first)."""
+        raise NotImplementedError(f"the {self.name} pool cannot shrink")
+
+    @abstractmethod
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop accepting items and wait up to ``timeout`` for running ones; True if all finished."""
+
+    def info(self) -> dict[str, Any]:
+        """Facts for ``stats`` / inspection."""
+        return {"implementation": type(self).__module__ + ":" + type(self).__qualname__, "max-concurrency": self.size}

@@ -1,0 +1,107 @@
+"""The result-store interface: where task states and results live.
+
+A result store keeps one :class:`ResultRecord` per task id: the state and an encoded payload
+(the kernel encodes the result meta with the ``result_serializer``; the store never looks
+inside). It is created by the ``celeriac_result_store`` hook from a URL and options and shared
+by every thread of an app, so every method must be thread-safe.
+
+What a store must provide (checked by :mod:`celeriac.testing.conformance`): ``set`` with
+expiry, ``get``, ``wait`` (by notification where the store can, polling otherwise),
+``forget``, and an atomic counter ``incr`` (for chords).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+__all__ = ["ResultRecord", "ResultStore"]
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    """A stored task state: ``payload`` is the encoded meta, opaque to the store."""
+
+    task_id: str
+    state: str
+    payload: bytes
+    content_type: str = "application/json"
+    content_encoding: str = "utf-8"
+
+
+class ResultStore(ABC):
+    """Base class of every result-store plugin."""
+
+    schemes: ClassVar[tuple[str, ...]] = ()
+    #: False when only the creating process can read results (``memory://``).
+    shared_between_processes: ClassVar[bool] = True
+
+    def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
+        self.url = url
+        self.options: dict[str, Any] = dict(options or {})
+
+    @abstractmethod
+    def set(self, record: ResultRecord, *, expires: float | None = None) -> None:
+        """Store ``record``, replacing any earlier one; gone after ``expires`` seconds."""
+
+    @abstractmethod
+    def get(self, task_id: str) -> ResultRecord | None:
+        """The record of ``task_id``, or ``None`` when there is none (or it expired)."""
+
+    def get_many(self, task_ids: Iterable[str]) -> dict[str, ResultRecord]:
+        """Records of several ids (missing ids are left out); stores override to batch."""
+        found: dict[str, ResultRecord] = {}
+        for task_id in task_ids:
+            record = self.get(task_id)
+            if record is not None:
+                found[task_id] = record
+        return found
+
+    def wait(
+        self,
+        task_id: str,
+        *,
+        states: frozenset[str],
+        timeout: float | None = None,
+    ) -> ResultRecord | None:
+        """Block until the record of ``task_id`` is in one of ``states``.
+
+        Returns the record, or the latest record (possibly ``None``) when ``timeout`` passes.
+        The default polls with a backoff from 5 ms to 200 ms; stores that can be notified
+        (pub/sub, condition variables) override it.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            record = self.get(task_id)
+            if record is not None and record.state in states:
+                return record
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return record
+                delay = min(delay, remaining)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    @abstractmethod
+    def forget(self, task_id: str) -> None:
+        """Delete the record of ``task_id``; idempotent."""
+
+    @abstractmethod
+    def incr(self, key: str, amount: int = 1, *, expires: float | None = None) -> int:
+        """Atomically add ``amount`` to the counter ``key`` (0 when new); returns the new value."""
+
+    def cleanup(self) -> int:
+        """Delete expired records now; returns how many. Stores that expire natively return 0."""
+        return 0
+
+    def close(self) -> None:  # noqa: B027
+        """Release connections."""
+
+    def info(self) -> dict[str, Any]:
+        """Facts for inspection; secrets must not appear."""
+        return {"result_store": type(self).__name__}

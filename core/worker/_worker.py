@@ -1,0 +1,477 @@
+"""The worker: fetch messages, decide what to do with each, run them in the pool, settle them.
+
+Flow of one message::
+
+    transport.fetch ─► decode ─► (malformed / not accepted) ─► dead-letter + task_rejected
+                         │      (unknown task)              ─► dead-letter + task_unknown + FAILURE stored
+                         │      (revoked / expired)         ─► REVOKED stored + ack + task_revoked
+                         │      (ETA in the future)         ─► re-published delayed + ack
+                         ▼
+                      reserved ─► pool (never more than pool.size at once) ─► store result ─► ack
+
+At most ``pool.size × prefetch_multiplier`` messages are held (reserved + running). A lease
+keeper extends the broker lease of held messages when the transport needs it, so long tasks
+are not redelivered while they run. Warm shutdown stops fetching, hands reserved messages
+back, and waits for running tasks; cold shutdown hands everything back at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from .. import states
+from .._envelope import Delivery
+from .._exceptions_data import exception_to_data
+from .._execution import IGNORED, REJECTED, Outcome, execute
+from ..exceptions import ContentDisallowed, DecodeError, NotRegistered, WorkerLostError
+from ..message import decode_task_message
+from ..pool import Pool, TimeLimits
+from ..task import Request, Task
+
+if TYPE_CHECKING:
+    from ..app import Celeriac
+    from ..transport import Transport
+
+__all__ = ["Worker", "WorkerStats"]
+
+logger = logging.getLogger("celeriac.worker")
+_FETCH_TIMEOUT = 1.0
+_MAX_REVOKED = 50_000
+
+
+@dataclass(slots=True)
+class _Job:
+    task: Task[..., Any]
+    request: Request
+    delivery: Delivery
+    acks_late: bool
+    time_limits: TimeLimits | None
+    started: float = 0.0
+
+
+@dataclass
+class WorkerStats:
+    """Counters a worker keeps (for ``stats`` and heartbeats later)."""
+
+    total: collections.Counter[str] = field(default_factory=collections.Counter)
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    rejected: int = 0
+    revoked: int = 0
+    started_at: float = field(default_factory=time.time)
+
+
+class Worker:
+    """Consumes ``queues`` of ``app``'s broker and runs the tasks in a pool.
+
+    Use :meth:`run` from a CLI (blocks, handles SIGTERM/SIGINT), or :meth:`start` / :meth:`stop`
+    from code (``celeriac.testing.start_worker`` does that).
+    """
+
+    def __init__(
+        self,
+        app: Celeriac,
+        *,
+        pool: str | None = None,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+        name: str | None = None,
+        prefetch_multiplier: int | None = None,
+        shutdown_timeout: float | None = None,
+        pool_options: dict[str, Any] | None = None,
+    ) -> None:
+        conf = app.conf
+        self.app = app
+        self.pool_name: str = pool or conf.worker_pool
+        self.concurrency: int = concurrency or conf.worker_concurrency or os.cpu_count() or 1
+        self.queues: list[str] = list(queues or conf.worker_queues or [conf.task_default_queue])
+        hostname = socket.gethostname()
+        self.hostname: str = (name or conf.worker_name or "celeriac@%h").replace("%h", hostname)
+        self.prefetch_multiplier: int = max(1, prefetch_multiplier or conf.worker_prefetch_multiplier)
+        self.shutdown_timeout: float = conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
+        self.pool_options = dict(conf.worker_pool_options if pool_options is None else pool_options)
+        self.stats = WorkerStats()
+        self.revoked: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self.exitcode = 0
+        self.pool: Pool | None = None
+        self.transport: Transport | None = None
+        self._cond = threading.Condition()
+        self._reserved: collections.deque[_Job] = collections.deque()
+        self._active: dict[int, _Job] = {}
+        self._held = 0
+        self._dispatching = threading.local()
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._stop_requested = False
+        self._threads: list[threading.Thread] = []
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.hostname} pool={self.pool_name}x{self.concurrency} queues={','.join(self.queues)}>"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect, start the pool and the consumer; returns once the worker is consuming."""
+        app = self.app
+        app.plugins.worker_init(app, self)
+        app.import_modules()
+        registry = app.serializers
+        accept = app.accept_content
+        for content_type in sorted(accept - registry.default_accept()):
+            logger.warning("accept_content allows %s, which can run code on this worker when decoded", content_type)
+        app.result_store  # noqa: B018 - fail at start, not at the first result
+        self.transport = app.create_transport()
+        for queue in self.queues:
+            self.transport.declare_queue(queue)
+        self.pool = app.plugins.pool(self.pool_name, self.concurrency, self.pool_options, app)
+        self.pool.start(self._run, lambda: app.plugins.worker_process_init(app, self))
+        self._spawn(self._consume_loop, "consumer")
+        if self.transport.needs_lease_extension:
+            self._spawn(self._lease_loop, "lease-keeper")
+        logger.info("%s ready: pool=%s concurrency=%d queues=%s", self.hostname, self.pool_name, self.pool.size,
+                    ",".join(self.queues))
+        app._workers.add(self)
+        app.plugins.worker_ready(app, self)
+
+    def _spawn(self, target: Any, role: str) -> None:
+        thread = threading.Thread(target=target, name=f"celeriac-{role}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def run(self) -> int:
+        """Start, then block until stopped by a signal or :meth:`stop`; returns the exit code."""
+        self.start()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        while not self._stopped.wait(0.5):
+            pass
+        return self.exitcode
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if not self._stop_requested:
+            logger.info("%s received; warm shutdown (finishing running tasks; %s again for cold shutdown)", name, name)
+            threading.Thread(target=self.stop, kwargs={"warm": True, "sig": name}, daemon=True).start()
+        else:
+            logger.warning("%s received again; cold shutdown (running tasks go back to the queue)", name)
+            threading.Thread(target=self.stop, kwargs={"warm": False, "sig": name}, daemon=True).start()
+
+    def stop(self, *, warm: bool = True, sig: str = "", timeout: float | None = None) -> None:
+        """Stop consuming. Warm: hand reserved messages back, wait for running tasks (up to
+        ``timeout``, default ``worker_shutdown_timeout``). Cold: hand everything back now."""
+        with self._stop_lock:
+            first = not self._stop_requested
+            self._stop_requested = True
+        if not first and warm:
+            self._stopped.wait()
+            return
+        app = self.app
+        how = "warm" if warm else "cold"
+        if first:
+            app.plugins.worker_shutting_down(app, self, sig, how, self.exitcode)
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self.transport is not None:
+            self.transport.wake()
+        wait = (self.shutdown_timeout if timeout is None else timeout) if warm else 0.0
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                # an inline pool (solo) runs the task in the consumer thread itself
+                thread.join(timeout=wait + _FETCH_TIMEOUT * 2)
+        self._hand_back_reserved()
+        if self.pool is not None:
+            finished = self.pool.stop(timeout=wait)
+            if not finished:
+                logger.warning("%s: tasks still running at shutdown go back to the queue", self.hostname)
+        if self.transport is not None:
+            self.transport.close()
+        app._workers.discard(self)
+        if first or not warm:
+            if not self._stopped.is_set():
+                app.plugins.worker_shutdown(app, self)
+            self._stopped.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the worker stopped; True if it did."""
+        return self._stopped.wait(timeout)
+
+    def _hand_back_reserved(self) -> None:
+        with self._cond:
+            pending = list(self._reserved)
+            self._reserved.clear()
+            self._held -= len(pending)
+        assert self.transport is not None
+        for job in pending:
+            if job.acks_late:
+                self._safely(self.transport.reject, job.delivery, requeue=True)
+            else:
+                logger.warning("%s[%s] was acked early and is dropped at shutdown", job.task.name, job.request.id)
+
+    # -- consuming --------------------------------------------------------------------------
+
+    @property
+    def prefetch_limit(self) -> int:
+        """How many messages this worker may hold (reserved + running)."""
+        size = self.pool.size if self.pool is not None else self.concurrency
+        return size * self.prefetch_multiplier
+
+    def _consume_loop(self) -> None:
+        assert self.transport is not None
+        backoff = 0.1
+        while not self._stopping.is_set():
+            with self._cond:
+                while not self._stopping.is_set() and self._held >= self.prefetch_limit:
+                    self._cond.wait(_FETCH_TIMEOUT)
+                want = self.prefetch_limit - self._held
+            if self._stopping.is_set():
+                break
+            try:
+                deliveries = self.transport.fetch(self.queues, limit=want, timeout=_FETCH_TIMEOUT)
+            except Exception as exc:
+                logger.error("cannot fetch from the broker: %s; retrying in %.1fs", exc, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            backoff = 0.1
+            for delivery in deliveries:
+                try:
+                    self._on_delivery(delivery)
+                except Exception as exc:  # a bug here must not lose the message or stop the worker
+                    logger.exception("internal error handling a message from %s", delivery.queue)
+                    self._safely(self.transport.dead_letter, delivery, f"internal error: {exc!r}")
+            self._dispatch()
+
+    def _on_delivery(self, delivery: Delivery) -> None:
+        app = self.app
+        transport = self.transport
+        assert transport is not None
+        envelope = delivery.envelope
+        try:
+            message = decode_task_message(envelope, app.serializers, app.accept_content)
+        except (ContentDisallowed, DecodeError) as exc:
+            self.stats.rejected += 1
+            logger.warning("dead-lettered a message from %s: %s", delivery.queue, exc)
+            transport.dead_letter(delivery, str(exc))
+            app.plugins.task_rejected(app, envelope, exc)
+            return
+        try:
+            task = app.tasks[message.task]
+        except NotRegistered as exc:
+            self.stats.rejected += 1
+            logger.warning("dead-lettered %s[%s] from %s: %s", message.task, message.id, delivery.queue, exc)
+            transport.dead_letter(delivery, str(exc))
+            self._safely(app.store_result, message.id, states.FAILURE, exception_to_data(exc))
+            app.plugins.task_unknown(app, envelope, exc, message.task, message.id)
+            return
+        request = Request.from_message(
+            message,
+            queue=delivery.queue,
+            hostname=self.hostname,
+            redelivered=delivery.redelivered,
+            delivery_count=delivery.delivery_count,
+        )
+        now = datetime.now(UTC)
+        expired = message.expires is not None and message.expires <= now
+        if expired or message.id in self.revoked:
+            self._revoke(request, delivery, expired=expired)
+            return
+        if message.eta is not None and message.eta > now + timedelta(milliseconds=20):
+            # The ETA is still ahead (e.g. sent by a client that does not delay in the broker):
+            # wait in the broker, not in this worker's memory.
+            transport.publish(envelope, delivery.queue, eta=message.eta.timestamp())
+            transport.ack(delivery)
+            return
+        acks_late = task.acks_late if task.acks_late is not None else app.conf.task_acks_late
+        hard, soft = message.timelimit
+        hard = hard if hard is not None else app.conf.task_time_limit
+        soft = soft if soft is not None else app.conf.task_soft_time_limit
+        job = _Job(task, request, delivery, acks_late, TimeLimits(soft, hard) if hard or soft else None)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("Task %s[%s] received", task.name, request.id)
+        app.plugins.task_received(app, request)
+        if not acks_late:
+            transport.ack(delivery)
+        with self._cond:
+            self._reserved.append(job)
+            self._held += 1
+
+    def _revoke(self, request: Request, delivery: Delivery, *, expired: bool) -> None:
+        assert self.transport is not None
+        reason = "expired" if expired else "revoked"
+        self.stats.revoked += 1
+        logger.info("Task %s[%s] %s; not run", request.task, request.id, reason)
+        self._safely(self.app.store_result, request.id, states.REVOKED,
+                     {"exc_type": "TaskRevokedError", "exc_module": "celeriac.exceptions",
+                      "exc_message": [f"task {request.id} {reason}"]}, request=request)
+        self.transport.ack(delivery)
+        self.app.plugins.task_revoked(self.app, request, terminated=False, signum=None, expired=expired)
+
+    def revoke(self, task_id: str) -> None:
+        """Do not run ``task_id`` if it arrives here (kept for the last 50,000 ids)."""
+        self.revoked[task_id] = time.time()
+        while len(self.revoked) > _MAX_REVOKED:
+            self.revoked.popitem(last=False)
+
+    # -- running ----------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Move reserved jobs into free pool slots. Re-entrant calls (an inline pool finishing
+        a job inside ``submit``) just return; the outer loop picks up the freed slot."""
+        if getattr(self._dispatching, "active", False):
+            return
+        self._dispatching.active = True
+        pool = self.pool
+        assert pool is not None
+        try:
+            while True:
+                with self._cond:
+                    if not self._reserved or len(self._active) >= pool.size or self._stopping.is_set():
+                        return
+                    job = self._reserved.popleft()
+                    self._active[id(job)] = job
+                job.started = time.monotonic()
+                pool.submit(
+                    job.request,
+                    lambda outcome, job=job: self._finish(job, outcome),
+                    lambda exc, job=job: self._lost(job, exc),
+                    time_limits=job.time_limits,
+                )
+        finally:
+            self._dispatching.active = False
+
+    def _run(self, request: Request) -> Outcome:
+        """The pool runner: execute one request (in a pool thread or child process)."""
+        return execute(self.app.tasks[request.task], request)
+
+    def _finish(self, job: _Job, outcome: Outcome) -> None:
+        try:
+            self._settle(job, outcome)
+        except Exception:
+            logger.exception("could not settle %s[%s]", job.task.name, job.request.id)
+        finally:
+            with self._cond:
+                self._active.pop(id(job), None)
+                self._held -= 1
+                self._cond.notify()
+            self._dispatch()
+
+    def _settle(self, job: _Job, outcome: Outcome) -> None:
+        app = self.app
+        transport = self.transport
+        assert transport is not None
+        task, request, delivery = job.task, job.request, job.delivery
+        state = outcome.state
+        self.stats.total[task.name] += 1
+        if state == REJECTED:
+            self.stats.rejected += 1
+            if outcome.requeue:
+                transport.reject(delivery, requeue=True)
+            else:
+                transport.dead_letter(delivery, f"rejected by task: {outcome.value}")
+            return
+        if state != IGNORED and not self._ignores_result(task, request):
+            try:
+                app.store_result(request.id, state, outcome.value, traceback=outcome.traceback, request=request)
+            except Exception as exc:
+                logger.error("could not store the result of %s[%s]: %s; the message goes back to the queue",
+                             task.name, request.id, exc)
+                if job.acks_late:
+                    transport.reject(delivery, requeue=True)
+                return
+        if state == states.SUCCESS:
+            self.stats.succeeded += 1
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("Task %s[%s] succeeded in %.6fs: %r", task.name, request.id, outcome.runtime, outcome.value)
+        elif state == states.FAILURE:
+            self.stats.failed += 1
+            logger.error("Task %s[%s] raised: %s", task.name, request.id, _exception_line(outcome))
+        elif state == states.RETRY:
+            self.stats.retried += 1
+            logger.info("Task %s[%s] retry: %s", task.name, request.id, _exception_line(outcome))
+        if job.acks_late:
+            transport.ack(delivery)
+
+    def _ignores_result(self, task: Task[..., Any], request: Request) -> bool:
+        if request.ignore_result is not None and request.ignore_result:
+            return True
+        if task.ignore_result is not None:
+            return task.ignore_result
+        return bool(self.app.conf.task_ignore_result)
+
+    def _lost(self, job: _Job, exc: BaseException) -> None:
+        """The pool could not run the job (its process died, or the runner itself failed)."""
+        assert self.transport is not None
+        try:
+            if isinstance(exc, WorkerLostError) and job.acks_late:
+                logger.error("%s[%s]: %s; the message goes back to the queue", job.task.name, job.request.id, exc)
+                self.transport.reject(job.delivery, requeue=True)
+            else:
+                logger.error("%s[%s] failed in the pool: %r", job.task.name, job.request.id, exc)
+                self.app.store_result(job.request.id, states.FAILURE, exception_to_data(exc), request=job.request)
+                if job.acks_late:
+                    self.transport.ack(job.delivery)
+        except Exception:
+            logger.exception("could not settle %s[%s]", job.task.name, job.request.id)
+        finally:
+            with self._cond:
+                self._active.pop(id(job), None)
+                self._held -= 1
+                self._cond.notify()
+            self._dispatch()
+
+    # -- leases -----------------------------------------------------------------------------
+
+    def _lease_loop(self) -> None:
+        assert self.transport is not None
+        visibility = float(self.transport.options.get("visibility_timeout") or 60.0)
+        interval = self.app.conf.worker_lease_interval or max(visibility / 3, 0.05)
+        while not self._stopping.wait(interval):
+            with self._cond:
+                held = [job.delivery for job in (*self._active.values(), *self._reserved)]
+            if held:
+                self._safely(self.transport.extend_lease, held, visibility)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _safely(self, function: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            function(*args, **kwargs)
+        except Exception as exc:
+            logger.error("%s failed: %s", getattr(function, "__name__", function), exc)
+
+    def info(self) -> dict[str, Any]:
+        """A snapshot for ``stats``: pool, counters, held messages."""
+        with self._cond:
+            active, reserved = len(self._active), len(self._reserved)
+        return {
+            "hostname": self.hostname,
+            "pid": os.getpid(),
+            "pool": self.pool.info() if self.pool is not None else {},
+            "prefetch_count": self.prefetch_limit,
+            "total": dict(self.stats.total),
+            "active": active,
+            "reserved": reserved,
+            "uptime": time.time() - self.stats.started_at,
+        }
+
+
+def _exception_line(outcome: Outcome) -> str:
+    value = outcome.value
+    if isinstance(value, dict) and "exc_type" in value:
+        message = value.get("exc_message") or []
+        return f"{value['exc_type']}({', '.join(repr(m) for m in message)})"
+    return repr(value)
