@@ -129,7 +129,8 @@ class PluginHost:
         except pluggy.PluginValidationError as exc:
             if self.pm.has_plugin(name):
                 self.pm.unregister(name=name)
-            raise PluginError(f"plugin {name!r} is invalid: {exc}") from exc
+            reason = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            raise PluginError(f"plugin {name!r} is invalid: {reason}") from exc
         self._sources[name] = source
 
     def plugins(self) -> list[PluginInfo]:

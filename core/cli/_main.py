@@ -50,7 +50,7 @@ def get_app(ctx: click.Context | None = None) -> Celeriac:
     from ..config import discover_config_file, read_config_file
 
     ctx = ctx or click.get_current_context()
-    state: CliState = ctx.find_root().obj
+    state = _state(ctx.find_root())
     if state.app is None:
         if state.app_spec:
             app = load_app_spec(state.app_spec, "-A/--app")
@@ -67,6 +67,13 @@ def get_app(ctx: click.Context | None = None) -> Celeriac:
     return state.app
 
 
+def _state(root: click.Context) -> CliState:
+    if root.obj is None:
+        root.obj = CliState(config_path=root.params.get("config_path"), app_spec=root.params.get("app_spec"))
+    state: CliState = root.obj
+    return state
+
+
 class CeleriacGroup(click.Group):
     """A group that also offers the commands plugins register."""
 
@@ -79,13 +86,13 @@ class CeleriacGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         names = set(super().list_commands(ctx))
-        if ctx.obj is not None:
+        if ctx.params:
             names |= set(self._plugin_commands(ctx))
         return sorted(names)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
-        if command is None and ctx.obj is not None:
+        if command is None:
             command = self._plugin_commands(ctx).get(cmd_name)
         return command
 
@@ -102,7 +109,7 @@ class CeleriacGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, app_spec: str | None) -> None:
     """celeriac: a distributed task queue assembled from plugins."""
-    ctx.obj = CliState(config_path=config_path, app_spec=app_spec)
+    _state(ctx)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,5 @@
+"""``python -m celeriac`` runs the CLI."""
+
+from celeriac.cli import main
+
+main()

@@ -1,0 +1,137 @@
+"""The CLI in-process: commands, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celeriac.cli import main
+from celeriac.testing import start_worker
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    out, err = capsys.readouterr()
+    code = info.value.code
+    return (code if isinstance(code, int) else 1), out, err
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CELERIAC_CONFIG", raising=False)
+    for key in [k for k in __import__("os").environ if k.startswith("CELERIAC_")]:
+        monkeypatch.delenv(key)
+    return tmp_path
+
+
+def test_bad_config_exits_2_with_one_line(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (in_tmp / "celeriac.toml").write_text("[celeriac.worker]\nconcurrency = 'x'\n")
+    code, out, err = run(["config"], capsys)
+    assert code == 2
+    assert err.strip() == (
+        f"celeriac: {in_tmp / 'celeriac.toml'}: [celeriac.worker] concurrency: expected an integer, got 'x'"
+    )
+    assert "Traceback" not in err
+
+
+def test_missing_config_file(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["--config", "nope.toml", "plugins"], capsys)
+    assert code == 2
+    assert "config file 'nope.toml' does not exist" in err
+
+
+def test_config_shows_values_origins_and_masks_secrets(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (in_tmp / "celeriac.toml").write_text('[celeriac]\nbroker_url = "memory://u:hunter2@x"\n')
+    code, out, _ = run(["config"], capsys)
+    assert code == 0
+    assert "hunter2" not in out
+    assert f'[celeriac] broker_url = "memory://u:****@x"  # {in_tmp / "celeriac.toml"}' in out
+    assert "[celeriac.worker] pool = \"threads\"  # default" in out
+    code, out, _ = run(["config", "--json"], capsys)
+    assert json.loads(out)["broker_url"] == "memory://u:****@x"
+
+
+def test_plugins_lists_name_version_source_hooks(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["plugins", "--json"], capsys)
+    assert code == 0
+    listed = {p["name"]: p for p in json.loads(out)}
+    assert listed["inmemory"]["source"] == "built-in"
+    assert "celeriac_transport" in listed["inmemory"]["hooks"]
+    code, out, _ = run(["plugins"], capsys)
+    assert "hooks: celeriac_pool, celeriac_pool_names" in out
+
+
+def test_call_refuses_a_process_local_broker_without_a_worker(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["call", "x.y"], capsys)
+    assert code == 1
+    assert "only reaches workers inside this process" in err
+
+
+def test_call_bad_json(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["call", "x.y", "--args", "[1,"], capsys)
+    assert code == 1
+    assert err.startswith("celeriac: --args: not valid JSON")
+
+
+def test_call_wait_result_and_purge_with_an_app_from_code(
+    fixtures_on_path: Path, in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import cli_app  # type: ignore[import-not-found]
+
+    with start_worker(cli_app.app, pool="threads", concurrency=2):
+        code, out, err = run(["-A", "cli_app:app", "call", "cli.add", "--args", "[2, 3]", "--wait", "--timeout", "10"],
+                             capsys)
+        assert (code, out.strip()) == (0, "5")
+        task_id = err.strip()
+        code, out, _ = run(["-A", "cli_app:app", "result", task_id], capsys)
+        shown: dict[str, Any] = json.loads(out)
+        assert shown["state"] == "SUCCESS"
+        assert shown["result"] == 5
+        code, out, err = run(["-A", "cli_app:app", "call", "cli.fail", "--wait", "--timeout", "10"], capsys)
+        assert code == 1
+        assert "failed: KeyError: 'missing thing'" in err
+        code, out, _ = run(["-A", "cli_app:app", "call", "cli.add", "--args", "[1, 1]"], capsys)
+        assert code == 0
+        assert len(out.strip()) == 36
+    cli_app.app.send_task("cli.add", [1, 2], queue="to-purge")
+    code, out, _ = run(["-A", "cli_app:app", "purge", "-Q", "to-purge", "-f"], capsys)
+    assert out.strip() == "purged 1 message from to-purge"
+
+
+def test_bad_app_spec(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["-A", "no_such_module_q:app", "plugins"], capsys)
+    assert code == 2
+    assert "-A/--app: cannot import 'no_such_module_q'" in err
+
+
+def test_demo_runs(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["demo", "-n", "5"], capsys)
+    assert code == 0
+    assert "results: [0, 2, 4, 6, 8]" in out
+    assert "ZeroDivisionError" in out
+    assert "-> 42 (SUCCESS)" in out
+
+
+def test_plugin_cli_command_from_config(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (in_tmp / "cmdplugin.py").write_text(
+        "import click, celeriac\n"
+        "@click.command('hello')\n"
+        "def hello():\n    click.echo('hello from a plugin')\n"
+        "@celeriac.hookimpl\n"
+        "def celeriac_cli_commands():\n    return [hello]\n"
+    )
+    (in_tmp / "celeriac.toml").write_text('[celeriac]\nplugins = ["cmdplugin"]\n')
+    import sys
+
+    sys.path.insert(0, str(in_tmp))
+    try:
+        code, out, _ = run(["hello"], capsys)
+    finally:
+        sys.path.remove(str(in_tmp))
+        sys.modules.pop("cmdplugin", None)
+    assert (code, out.strip()) == (0, "hello from a plugin")
