@@ -114,6 +114,8 @@ def test_countdown_runs_later(app: Celeriac) -> None:
 
 def test_retry_publishes_again_with_retries_incremented(app: Celeriac) -> None:
     attempts: list[int] = []
+    retried: list[str] = []
+    app.on("task_retry")(lambda request, reason: retried.append(reason))
 
     @app.task(bind=True, max_retries=3)
     def flaky(self: Task[..., Any]) -> str:
@@ -123,8 +125,10 @@ def test_retry_publishes_again_with_retries_incremented(app: Celeriac) -> None:
         return "done"
 
     with start_worker(app, pool="threads", concurrency=2):
-        assert flaky.delay().get(timeout=10) == "done"
+        result = flaky.delay()
+        assert result.get(timeout=10) == "done"
     assert attempts == [0, 1, 2]
+    assert retried == ["try again", "try again"]
 
 
 def test_signals_fire_and_a_failing_handler_loses_nothing(app: Celeriac) -> None:

@@ -30,7 +30,8 @@ class Process:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -50,10 +51,24 @@ class Process:
         return [line for line in self.seen if line.startswith(prefix)]
 
     def finish(self, timeout: float = 30) -> tuple[int, str]:
-        _, err = self.proc.communicate(timeout=timeout)
+        """Wait for exit; stdout keeps going to the reader thread (read to EOF), stderr is returned."""
+        assert self.proc.stderr is not None
+        err = self.proc.stderr.read()
+        self.proc.wait(timeout=timeout)
+        self.reader.join(timeout)
         while not self.lines.empty():
             self.seen.append(self.lines.get())
+        self.close()
         return self.proc.returncode, err
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.reader.join(5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 @pytest.fixture
@@ -84,9 +99,7 @@ def started() -> Iterator[list[Process]]:
     processes: list[Process] = []
     yield processes
     for process in processes:
-        if process.proc.poll() is None:
-            process.proc.kill()
-            process.proc.wait()
+        process.close()
 
 
 def test_worker_from_config_runs_tasks_and_shuts_down_warmly(
