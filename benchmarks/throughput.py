@@ -55,8 +55,11 @@ def run(pool: str, concurrency: int, tasks: int, latency_samples: int, broker: s
         started = time.perf_counter()
         last = results[-1]
         store = app.result_store
-        wait_for(lambda: store.get(last.id) is not None and app.transport.queue_length(queue) == 0, timeout=300,
-                 interval=0.001)
+        wait_for(
+            lambda: store.get(last.id) is not None and app.transport.queue_length(queue) == 0,
+            timeout=300,
+            interval=0.001,
+        )
         for result in results:
             result.get(timeout=60)
         drain_seconds = time.perf_counter() - started

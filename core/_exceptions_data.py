@@ -39,7 +39,7 @@ def exception_from_data(data: Any, traceback: str | None = None) -> BaseExceptio
     if cls is not None:
         try:
             exc = cls(*args)
-        except Exception:  # noqa: S110 - constructor signature differs; fall back below
+        except Exception:
             pass
         else:
             if traceback:

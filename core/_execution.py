@@ -55,7 +55,9 @@ def execute(task: Task[..., Any], request: Request) -> Outcome:
     retval: Any = None
     try:
         plugins.task_prerun(app, task, request.id, request.args, request.kwargs)
-        if not request.is_eager and (task.track_started if task.track_started is not None else app.conf.task_track_started):
+        if not request.is_eager and (
+            task.track_started if task.track_started is not None else app.conf.task_track_started
+        ):
             app.store_result(
                 request.id, states.STARTED, {"pid": os.getpid(), "hostname": request.hostname}, request=request
             )

@@ -207,26 +207,57 @@ class PluginHost:
         return bool(getattr(self.pm.hook, name).get_hookimpls())
 
     def before_task_publish(
-        self, app: Celeriac, sender: str, headers: dict[str, Any], body: tuple[Any, ...], properties: dict[str, Any], queue: str
+        self,
+        app: Celeriac,
+        sender: str,
+        headers: dict[str, Any],
+        body: tuple[Any, ...],
+        properties: dict[str, Any],
+        queue: str,
     ) -> None:
         self.send_signal(
-            "before_task_publish", app=app, sender=sender, headers=headers, body=body, properties=properties, queue=queue
+            "before_task_publish",
+            app=app,
+            sender=sender,
+            headers=headers,
+            body=body,
+            properties=properties,
+            queue=queue,
         )
 
-    def after_task_publish(self, app: Celeriac, sender: str, headers: dict[str, Any], body: tuple[Any, ...], queue: str) -> None:
+    def after_task_publish(
+        self, app: Celeriac, sender: str, headers: dict[str, Any], body: tuple[Any, ...], queue: str
+    ) -> None:
         self.send_signal("after_task_publish", app=app, sender=sender, headers=headers, body=body, queue=queue)
 
     def task_received(self, app: Celeriac, request: Request) -> None:
         self.send_signal("task_received", app=app, request=request)
 
-    def task_prerun(self, app: Celeriac, task: Task[..., Any], task_id: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+    def task_prerun(
+        self, app: Celeriac, task: Task[..., Any], task_id: str, args: list[Any], kwargs: dict[str, Any]
+    ) -> None:
         self.send_signal("task_prerun", app=app, sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
 
     def task_postrun(
-        self, app: Celeriac, task: Task[..., Any], task_id: str, args: list[Any], kwargs: dict[str, Any], retval: Any, state: str
+        self,
+        app: Celeriac,
+        task: Task[..., Any],
+        task_id: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        retval: Any,
+        state: str,
     ) -> None:
         self.send_signal(
-            "task_postrun", app=app, sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs, retval=retval, state=state
+            "task_postrun",
+            app=app,
+            sender=task,
+            task_id=task_id,
+            task=task,
+            args=args,
+            kwargs=kwargs,
+            retval=retval,
+            state=state,
         )
 
     def task_success(self, app: Celeriac, task: Task[..., Any], result: Any) -> None:
@@ -256,8 +287,12 @@ class PluginHost:
     def task_retry(self, app: Celeriac, task: Task[..., Any], request: Request, reason: str) -> None:
         self.send_signal("task_retry", app=app, sender=task, request=request, reason=reason)
 
-    def task_revoked(self, app: Celeriac, request: Request, *, terminated: bool, signum: int | None, expired: bool) -> None:
-        self.send_signal("task_revoked", app=app, request=request, terminated=terminated, signum=signum, expired=expired)
+    def task_revoked(
+        self, app: Celeriac, request: Request, *, terminated: bool, signum: int | None, expired: bool
+    ) -> None:
+        self.send_signal(
+            "task_revoked", app=app, request=request, terminated=terminated, signum=signum, expired=expired
+        )
 
     def task_rejected(self, app: Celeriac, message: Envelope, exc: BaseException) -> None:
         self.send_signal("task_rejected", app=app, message=message, exc=exc)
@@ -312,7 +347,7 @@ def signal_handler_plugin(signal: str, function: Callable[..., Any]) -> object:
     namespace: dict[str, Any] = {"_function": function}
     params = ", ".join(wanted)
     call = ", ".join(f"{name}={name}" for name in wanted)
-    exec(f"def {signal}({params}):\n    _function({call})\n", namespace)  # noqa: S102
+    exec(f"def {signal}({params}):\n    _function({call})\n", namespace)
     handler = namespace[signal]
     marked = hookspecs.hookimpl(handler)
 

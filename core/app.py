@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import states
+from ._exceptions_data import exception_to_data
 from ._plugins import PluginHost, signal_handler_plugin
 from .config import KERNEL_SETTINGS, Config, ConfigSource, discover_config_file, read_config_file
 from .exceptions import ConfigError, NotRegistered, SerializationError
@@ -23,7 +24,6 @@ from .result import AsyncResult
 from .resultstore import ResultRecord, ResultStore
 from .serialization import SerializerRegistry
 from .task import Request, Task, current_request, shared_task_definitions
-from ._exceptions_data import exception_to_data
 
 if TYPE_CHECKING:
     from .transport import Transport
@@ -173,7 +173,9 @@ class Celeriac:
         """
 
         def connect(function: Callable[..., Any]) -> Callable[..., Any]:
-            self.plugins.register(signal_handler_plugin(signal, function), f"{signal}:{function.__qualname__}:{id(function):x}")
+            self.plugins.register(
+                signal_handler_plugin(signal, function), f"{signal}:{function.__qualname__}:{id(function):x}"
+            )
             return function
 
         return connect
@@ -215,9 +217,7 @@ class Celeriac:
             try:
                 importlib.import_module(module)
             except ImportError as exc:
-                raise ConfigError(
-                    f"{self.conf.origin('imports')}: imports: cannot import {module!r}: {exc}"
-                ) from exc
+                raise ConfigError(f"{self.conf.origin('imports')}: imports: cannot import {module!r}: {exc}") from exc
 
     # -- lazily built parts -----------------------------------------------------------------
 
@@ -366,7 +366,7 @@ class Celeriac:
             kwargs=kwargs,
             retries=retries,
             eta=eta,
-            expires=expires,  # type: ignore[arg-type]
+            expires=expires,
             root_id=root_id or task_id,
             parent_id=parent_id,
             timelimit=(time_limit, soft_time_limit),

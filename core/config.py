@@ -57,7 +57,9 @@ class Setting:
         if self.kind not in _KINDS:
             raise ValueError(f"setting {self.name}: kind must be one of {', '.join(_KINDS)}, not {self.kind!r}")
         if self.section and not self.name.startswith(self.section + "_"):
-            raise ValueError(f"setting {self.name}: a setting in section {self.section!r} must start with {self.section}_")
+            raise ValueError(
+                f"setting {self.name}: a setting in section {self.section!r} must start with {self.section}_"
+            )
 
     @property
     def key(self) -> str:
@@ -153,7 +155,7 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
     _s("result_accept_content", "list", None, "Content types accepted when reading results (default: trusted)."),
     _s("serializer", "str", "json", "Serializer of task messages."),
     _s("accept_content", "list", None, "Content types a worker decodes (default: every trusted serializer)."),
-    _s("routes", "dict", {}, "Task name (or glob) -> options such as `{ queue = \"mail\" }`."),
+    _s("routes", "dict", {}, 'Task name (or glob) -> options such as `{ queue = "mail" }`.'),
     _s("task_default_queue", "str", "default", "Queue of tasks without a route or queue option."),
     _s("task_default_priority", "int", None, "Priority 0-9 (higher first) of tasks without one."),
     _s("task_acks_late", "bool", True, "Ack after the task finished and its result is stored."),
@@ -262,7 +264,12 @@ class Config(Mapping[str, Any]):
                 self._set_from(by_location, None, key, value, where)
 
     def _set_from(
-        self, by_location: Mapping[tuple[str | None, str], Setting], section: str | None, key: str, value: Any, where: str
+        self,
+        by_location: Mapping[tuple[str | None, str], Setting],
+        section: str | None,
+        key: str,
+        value: Any,
+        where: str,
     ) -> None:
         setting = by_location.get((section, key))
         table = f"celeriac.{section}" if section else "celeriac"

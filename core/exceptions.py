@@ -141,7 +141,7 @@ class SoftTimeLimitExceeded(CeleriacError):
     """Raised inside a task when its soft time limit passes, so it can clean up."""
 
 
-class TaskControl(Exception):  # noqa: N818 - not an error: control flow
+class TaskControl(Exception):
     """Base of exceptions a task raises to steer the worker."""
 
 

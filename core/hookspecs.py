@@ -221,7 +221,9 @@ def task_received(app: Celeriac, request: Request) -> None:
 
 
 @hookspec
-def task_prerun(app: Celeriac, sender: Task[..., Any], task_id: str, task: Task[..., Any], args: list[Any], kwargs: dict[str, Any]) -> None:
+def task_prerun(
+    app: Celeriac, sender: Task[..., Any], task_id: str, task: Task[..., Any], args: list[Any], kwargs: dict[str, Any]
+) -> None:
     """A task is about to run. Called where the task runs (pool thread or child process).
 
     :param sender: the task (same as ``task``, Celery's convention).

@@ -143,9 +143,7 @@ def encode_task_message(
     try:
         data, content_type, content_encoding = registry.dumps([body[0], body[1], body[2]], serializer)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise SerializationError(
-            f"cannot serialize the arguments of {message.task} with {serializer}: {exc}"
-        ) from exc
+        raise SerializationError(f"cannot serialize the arguments of {message.task} with {serializer}: {exc}") from exc
     properties: dict[str, Any] = {
         "correlation_id": message.id,
         "reply_to": message.reply_to or "",

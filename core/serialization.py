@@ -51,9 +51,7 @@ class SerializerRegistry:
         """The serializer called ``name_or_type`` or with that content type."""
         found = self._by_name.get(name_or_type) or self._by_type.get(name_or_type)
         if found is None:
-            raise PluginError(
-                f"unknown serializer {name_or_type!r}; installed: {', '.join(self.names) or 'none'}"
-            )
+            raise PluginError(f"unknown serializer {name_or_type!r}; installed: {', '.join(self.names) or 'none'}")
         return found
 
     def default_accept(self) -> frozenset[str]:
@@ -78,9 +76,7 @@ class SerializerRegistry:
         not, and :class:`~celeriac.DecodeError` when the bytes are malformed.
         """
         if content_type not in accept:
-            raise ContentDisallowed(
-                f"content type {content_type!r} is not accepted; add it to {setting} to allow it"
-            )
+            raise ContentDisallowed(f"content type {content_type!r} is not accepted; add it to {setting} to allow it")
         serializer = self._by_type.get(content_type)
         if serializer is None:
             raise ContentDisallowed(f"no serializer installed for content type {content_type!r}")

@@ -8,6 +8,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar, overload
 
 from . import states
@@ -54,7 +55,12 @@ class Request:
 
     @classmethod
     def from_message(
-        cls, message: TaskMessage, *, queue: str | None = None, hostname: str | None = None, redelivered: bool = False,
+        cls,
+        message: TaskMessage,
+        *,
+        queue: str | None = None,
+        hostname: str | None = None,
+        redelivered: bool = False,
         delivery_count: int = 1,
     ) -> Request:
         return cls(
@@ -109,7 +115,7 @@ class Task(Generic[P, R]):
         track_started: bool | None = None,
         time_limit: float | None = None,
         soft_time_limit: float | None = None,
-        max_retries: int | None | type[Ellipsis] = ...,  # type: ignore[valid-type]
+        max_retries: int | EllipsisType | None = ...,
         default_retry_delay: float | None = None,
         expires: float | None = None,
         rate_limit: str | None = None,
@@ -127,7 +133,9 @@ class Task(Generic[P, R]):
         self.track_started = track_started
         self.time_limit = time_limit
         self.soft_time_limit = soft_time_limit
-        self.max_retries: int | None = app.conf.task_default_max_retries if max_retries is ... else max_retries  # type: ignore[assignment]
+        self.max_retries: int | None = (
+            app.conf.task_default_max_retries if isinstance(max_retries, EllipsisType) else max_retries
+        )
         self.default_retry_delay = (
             app.conf.task_default_retry_delay if default_retry_delay is None else default_retry_delay
         )
@@ -231,7 +239,7 @@ class Task(Generic[P, R]):
         exc: BaseException | None = None,
         countdown: float | None = None,
         eta: datetime | None = None,
-        max_retries: int | None | type[Ellipsis] = ...,  # type: ignore[valid-type]
+        max_retries: int | EllipsisType | None = ...,
         **options: Any,
     ) -> NoReturn:
         """Run this task again later, with the same id and ``retries + 1``; always raises.
@@ -240,7 +248,7 @@ class Task(Generic[P, R]):
         ``max_retries`` is reached, re-raises ``exc`` or :class:`MaxRetriesExceededError`.
         """
         request = self.request
-        limit: int | None = self.max_retries if max_retries is ... else max_retries  # type: ignore[assignment]
+        limit = self.max_retries if isinstance(max_retries, EllipsisType) else max_retries
         if limit is not None and request.retries >= limit:
             if exc is not None:
                 raise exc

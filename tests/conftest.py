@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from celeriac import Celeriac
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -9,9 +9,8 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
-
 import celeriac
+import pytest
 from celeriac import hookspecs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,9 +85,12 @@ def test_plugins_use_only_the_public_api_and_import_third_party_lazily(plugin: s
             where = f"{path.relative_to(ROOT)}:{line}"
             if module.startswith("celeriac.plugins.") and not (module == own or module.startswith(own + ".")):
                 offenders.append(f"{where} imports another plugin: {module}")
-            elif module.startswith("celeriac.") and not module.startswith(("celeriac.plugins", "celeriac.testing")):
-                if module.split(".")[1] not in celeriac.__all__:
-                    offenders.append(f"{where} imports kernel internals: {module}")
+            elif (
+                module.startswith("celeriac.")
+                and not module.startswith(("celeriac.plugins", "celeriac.testing"))
+                and module.split(".")[1] not in celeriac.__all__
+            ):
+                offenders.append(f"{where} imports kernel internals: {module}")
             root = module.split(".")[0]
             if path.name == "__init__.py" and top_level and root not in stdlib and root != "celeriac":
                 offenders.append(f"{where} imports {root} at module level; import it inside the hook")
@@ -127,9 +129,7 @@ def test_every_hook_is_documented_with_its_signature() -> None:
 
 
 def test_every_hook_has_a_test() -> None:
-    corpus = "\n".join(
-        path.read_text() for path in TESTS.rglob("*.py") if path.name != Path(__file__).name
-    )
+    corpus = "\n".join(path.read_text() for path in TESTS.rglob("*.py") if path.name != Path(__file__).name)
     untested = [name for name in hook_names() if name not in corpus]
     assert untested == []
 

@@ -80,7 +80,7 @@ def worker(
 @cli.command()
 @click.argument("name")
 @click.option("--args", "args_json", metavar="JSON", help="Positional arguments as a JSON list, e.g. '[2, 3]'.")
-@click.option("--kwargs", "kwargs_json", metavar="JSON", help='Keyword arguments as a JSON object, e.g. \'{"x": 1}\'.')
+@click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword arguments as a JSON object, e.g. '{\"x\": 1}'.")
 @click.option("--queue", help="Queue (default: routes, then the task's queue, then task_default_queue).")
 @click.option("--countdown", type=float, help="Run no earlier than this many seconds from now.")
 @click.option("--expires", type=float, help="Revoke if not started within this many seconds.")
@@ -181,8 +181,12 @@ def plugins(as_json: bool) -> None:
     app = get_app()
     found = app.plugins.plugins()
     if as_json:
-        click.echo(json.dumps([{"name": p.name, "version": p.version, "source": p.source, "hooks": list(p.hooks)}
-                               for p in found], indent=2))
+        click.echo(
+            json.dumps(
+                [{"name": p.name, "version": p.version, "source": p.source, "hooks": list(p.hooks)} for p in found],
+                indent=2,
+            )
+        )
         return
     width = max((len(p.name) for p in found), default=4)
     for info in found:

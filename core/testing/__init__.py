@@ -38,9 +38,7 @@ def start_worker(
         with start_worker(app, pool="threads", concurrency=4):
             assert add.delay(2, 2).get(timeout=10) == 4
     """
-    worker = app.Worker(
-        pool=pool, concurrency=concurrency, queues=queues, shutdown_timeout=shutdown_timeout, **options
-    )
+    worker = app.Worker(pool=pool, concurrency=concurrency, queues=queues, shutdown_timeout=shutdown_timeout, **options)
     worker.start()
     try:
         yield worker

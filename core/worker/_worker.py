@@ -9,7 +9,7 @@ Flow of one message::
                          ▼
                       reserved ─► pool (never more than pool.size at once) ─► store result ─► ack
 
-At most ``pool.size × prefetch_multiplier`` messages are held (reserved + running). A lease
+At most ``pool.size * prefetch_multiplier`` messages are held (reserved + running). A lease
 keeper extends the broker lease of held messages when the transport needs it, so long tasks
 are not redelivered while they run. Warm shutdown stops fetching, hands reserved messages
 back, and waits for running tasks; cold shutdown hands everything back at once.
@@ -18,6 +18,7 @@ back, and waits for running tasks; cold shutdown hands everything back at once.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import signal
@@ -140,8 +141,13 @@ class Worker:
         self._spawn(self._consume_loop, "consumer")
         if self.transport.needs_lease_extension:
             self._spawn(self._lease_loop, "lease-keeper")
-        logger.info("%s ready: pool=%s concurrency=%d queues=%s", self.hostname, self.pool_name, self.pool.size,
-                    ",".join(self.queues))
+        logger.info(
+            "%s ready: pool=%s concurrency=%d queues=%s",
+            self.hostname,
+            self.pool_name,
+            self.pool.size,
+            ",".join(self.queues),
+        )
         app._workers.add(self)
         app.plugins.worker_ready(app, self)
 
@@ -314,9 +320,17 @@ class Worker:
         reason = "expired" if expired else "revoked"
         self.stats.revoked += 1
         logger.info("Task %s[%s] %s; not run", request.task, request.id, reason)
-        self._safely(self.app.store_result, request.id, states.REVOKED,
-                     {"exc_type": "TaskRevokedError", "exc_module": "celeriac.exceptions",
-                      "exc_message": [f"task {request.id} {reason}"]}, request=request)
+        self._safely(
+            self.app.store_result,
+            request.id,
+            states.REVOKED,
+            {
+                "exc_type": "TaskRevokedError",
+                "exc_module": "celeriac.exceptions",
+                "exc_message": [f"task {request.id} {reason}"],
+            },
+            request=request,
+        )
         self.transport.ack(delivery)
         self.app.plugins.task_revoked(self.app, request, terminated=False, signum=None, expired=expired)
 
@@ -346,8 +360,8 @@ class Worker:
                 job.started = time.monotonic()
                 pool.submit(
                     job.request,
-                    lambda outcome, job=job: self._finish(job, outcome),
-                    lambda exc, job=job: self._lost(job, exc),
+                    functools.partial(self._finish, job),
+                    functools.partial(self._lost, job),
                     time_limits=job.time_limits,
                 )
         finally:
@@ -387,8 +401,12 @@ class Worker:
             try:
                 app.store_result(request.id, state, outcome.value, traceback=outcome.traceback, request=request)
             except Exception as exc:
-                logger.error("could not store the result of %s[%s]: %s; the message goes back to the queue",
-                             task.name, request.id, exc)
+                logger.error(
+                    "could not store the result of %s[%s]: %s; the message goes back to the queue",
+                    task.name,
+                    request.id,
+                    exc,
+                )
                 if job.acks_late:
                     transport.reject(delivery, requeue=True)
                 return

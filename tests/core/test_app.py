@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-
 from celeriac import (
     Celeriac,
     EagerResult,
@@ -171,8 +170,12 @@ def test_async_result_states_and_exception_rebuilding(app: Celeriac) -> None:
     assert ok.get(timeout=1) == {"v": [1, 2]}
     assert ok.date_done is not None
 
-    app.store_result("bad-id", states.FAILURE, {"exc_type": "ValueError", "exc_module": "builtins",
-                                                 "exc_message": ["nope"]}, traceback="Traceback ...")
+    app.store_result(
+        "bad-id",
+        states.FAILURE,
+        {"exc_type": "ValueError", "exc_module": "builtins", "exc_message": ["nope"]},
+        traceback="Traceback ...",
+    )
     bad = app.AsyncResult("bad-id")
     assert bad.failed()
     with pytest.raises(ValueError, match="nope"):
@@ -180,8 +183,9 @@ def test_async_result_states_and_exception_rebuilding(app: Celeriac) -> None:
     assert isinstance(bad.get(timeout=1, propagate=False), ValueError)
     assert bad.traceback == "Traceback ..."
 
-    app.store_result("alien-id", states.FAILURE, {"exc_type": "Secret", "exc_module": "not.imported.module",
-                                                   "exc_message": ["x"]})
+    app.store_result(
+        "alien-id", states.FAILURE, {"exc_type": "Secret", "exc_module": "not.imported.module", "exc_message": ["x"]}
+    )
     with pytest.raises(RemoteTaskError, match="not.imported.module.Secret: x"):
         app.AsyncResult("alien-id").get(timeout=1)
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from celeriac import Celeriac, ConfigError, Setting
 from celeriac.config import KERNEL_SETTINGS, Config, ConfigSource, discover_config_file, mask_url
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 def write(tmp_path: Path, text: str, name: str = "celeriac.toml") -> Path:
@@ -61,12 +60,12 @@ def test_precedence_file_then_env_then_keywords(tmp_path: Path) -> None:
     ("text", "expected"),
     [
         ('[celeriac]\nbrokr_url = "x"\n', "[celeriac] brokr_url: unknown key; did you mean 'broker_url'?"),
-        ("[celeriac.worker]\nconcurrency = \"four\"\n", "[celeriac.worker] concurrency: expected an integer, got 'four'"),
-        ("[celeriac]\nimports = \"a\"\n[celeriac.worker]\nqueues = [1]\n", "[celeriac.worker] queues: expected a list"),
+        ('[celeriac.worker]\nconcurrency = "four"\n', "[celeriac.worker] concurrency: expected an integer, got 'four'"),
+        ('[celeriac]\nimports = "a"\n[celeriac.worker]\nqueues = [1]\n', "[celeriac.worker] queues: expected a list"),
         ("[celeriac]\ntask_acks_late = 1\n", "[celeriac] task_acks_late: expected true or false"),
-        ("[celeriac.worker]\nlog_level = \"LOUD\"\n", "expected one of DEBUG"),
+        ('[celeriac.worker]\nlog_level = "LOUD"\n', "expected one of DEBUG"),
         ("[celeriac\n", "not valid TOML"),
-        ('[other]\nx = 1\n', "no [celeriac] table"),
+        ("[other]\nx = 1\n", "no [celeriac] table"),
     ],
 )
 def test_bad_config_names_file_key_and_expectation(tmp_path: Path, text: str, expected: str) -> None:
@@ -110,7 +109,7 @@ def test_discovery_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     other = write(tmp_path, '[celeriac]\nbroker_url = "memory://env"\n', "other.toml")
     monkeypatch.setenv("CELERIAC_CONFIG", str(other))
     assert discover_config_file(cwd=tmp_path).path == other
-    explicit = write(tmp_path, '[celeriac]\n', "explicit.toml")
+    explicit = write(tmp_path, "[celeriac]\n", "explicit.toml")
     assert discover_config_file(explicit, cwd=tmp_path).path == explicit
     with pytest.raises(ConfigError, match="--config: config file .*missing.toml.* does not exist"):
         discover_config_file(tmp_path / "missing.toml")
@@ -144,7 +143,9 @@ def test_plugin_settings_are_accepted(tmp_path: Path) -> None:
     module.celeriac_settings = celeriac_settings  # type: ignore[attr-defined]
     sys.modules[module.__name__] = module
     try:
-        path = write(tmp_path, '[celeriac]\nplugins = ["celeriac_test_settings_plugin"]\n[celeriac.beat]\nmax_interval = 5\n')
+        path = write(
+            tmp_path, '[celeriac]\nplugins = ["celeriac_test_settings_plugin"]\n[celeriac.beat]\nmax_interval = 5\n'
+        )
         app = Celeriac.from_config(path, environ={})
         assert app.conf.beat_max_interval == 5.0
     finally:
@@ -157,7 +158,9 @@ def test_env_int_round_trip(value: int) -> None:
     assert setting.parse_env(str(value)) == value
 
 
-@given(st.lists(st.text(alphabet=st.characters(categories=["L", "N"], include_characters="._-"), min_size=1), max_size=5))
+@given(
+    st.lists(st.text(alphabet=st.characters(categories=["L", "N"], include_characters="._-"), min_size=1), max_size=5)
+)
 def test_env_list_round_trip(items: list[str]) -> None:
     setting = Setting("imports", "list")
     assert setting.parse_env(",".join(items)) == items

@@ -5,9 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from celeriac import (
     Celeriac,
     ContentDisallowed,
@@ -17,6 +14,8 @@ from celeriac import (
     decode_task_message,
     encode_task_message,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +58,16 @@ def test_round_trip(
     extra: dict[str, object],
 ) -> None:
     message = TaskMessage(
-        id=task_id, task=name, args=args, kwargs=kwargs, retries=retries, eta=eta, expires=expires,
-        priority=priority, timelimit=timelimit, extra_headers=extra,
+        id=task_id,
+        task=name,
+        args=args,
+        kwargs=kwargs,
+        retries=retries,
+        eta=eta,
+        expires=expires,
+        priority=priority,
+        timelimit=timelimit,
+        extra_headers=extra,
     )
     envelope, body = encode_task_message(message, app.serializers, "json")
     assert envelope.headers["task"] == name
@@ -85,13 +92,33 @@ def test_wire_shape_matches_celery_protocol_v2(app: Celeriac) -> None:
     envelope, _ = encode_task_message(message, app.serializers, "json")
     assert envelope.content_type == "application/json"
     assert envelope.content_encoding == "utf-8"
-    assert {"lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries", "timelimit",
-            "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result"} <= set(envelope.headers)
+    assert {
+        "lang",
+        "task",
+        "id",
+        "shadow",
+        "eta",
+        "expires",
+        "group",
+        "group_index",
+        "retries",
+        "timelimit",
+        "root_id",
+        "parent_id",
+        "argsrepr",
+        "kwargsrepr",
+        "origin",
+        "ignore_result",
+    } <= set(envelope.headers)
     assert envelope.headers["timelimit"] == [10, 5]
     assert envelope.headers["argsrepr"] == "(2, 2)"
     import json
 
-    assert json.loads(envelope.body) == [[2, 2], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    assert json.loads(envelope.body) == [
+        [2, 2],
+        {},
+        {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+    ]
 
 
 def good_envelope(app: Celeriac) -> Envelope:

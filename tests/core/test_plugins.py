@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from celeriac import Celeriac, PluginError, hookimpl
 from celeriac.testing import start_worker
 
@@ -37,13 +36,13 @@ def test_disable_unknown_plugin_is_an_error() -> None:
 def test_unknown_scheme_lists_installed_transports() -> None:
     app = Celeriac(environ={}, set_as_current=False, broker_url="zmq://host")
     with pytest.raises(PluginError, match=r"no transport for zmq:// URLs; installed: memory://"):
-        app.transport
+        _ = app.transport
     app = Celeriac(environ={}, set_as_current=False, result_store="nosql://x")
     with pytest.raises(PluginError, match=r"no result store for nosql:// URLs; installed: memory://"):
-        app.result_store
+        _ = app.result_store
     app = Celeriac(environ={}, set_as_current=False, broker_url="not a url")
     with pytest.raises(PluginError, match="is not a URL"):
-        app.transport
+        _ = app.transport
 
 
 def test_unknown_signal_name_and_bad_handler_signature(app: Celeriac) -> None:

@@ -7,8 +7,7 @@ import time
 from typing import Any
 
 import pytest
-
-from celeriac import Celeriac, Envelope, NotRegistered, Reject, Ignore, TaskRevokedError, states
+from celeriac import Celeriac, Envelope, Ignore, NotRegistered, Reject, TaskRevokedError, states
 from celeriac.task import Task
 from celeriac.testing import start_worker, wait_for
 
@@ -94,9 +93,8 @@ def test_expired_task_is_revoked_not_run(app: Celeriac) -> None:
         ran.append(1)
 
     result = work.apply_async(expires=-1)
-    with start_worker(app, pool="solo"):
-        with pytest.raises(TaskRevokedError, match="expired"):
-            result.get(timeout=10)
+    with start_worker(app, pool="solo"), pytest.raises(TaskRevokedError, match="expired"):
+        result.get(timeout=10)
     assert result.state == states.REVOKED
     assert ran == []
     assert revoked == [True]
@@ -302,8 +300,13 @@ def test_async_def_task_runs_in_sync_pools(app: Celeriac) -> None:
 
 def test_lease_is_kept_alive_for_long_tasks(app: Celeriac) -> None:
     name = app.conf.broker_url
-    leased = Celeriac(broker_url=name, result_store=app.conf.result_store, environ={}, set_as_current=False,
-                      broker_transport_options={"visibility_timeout": 0.3})
+    leased = Celeriac(
+        broker_url=name,
+        result_store=app.conf.result_store,
+        environ={},
+        set_as_current=False,
+        broker_transport_options={"visibility_timeout": 0.3},
+    )
     runs: list[int] = []
     release = threading.Event()
 

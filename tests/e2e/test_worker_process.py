@@ -25,9 +25,7 @@ class Process:
     """A running CLI process whose stdout lines are collected by a reader thread."""
 
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        self.proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -151,7 +149,8 @@ def test_flags_override_config_and_unknown_import_is_clear(
 ) -> None:
     cwd, env = project
     (cwd / "celeriac.toml").write_text('[celeriac]\nimports = ["not_a_module_anywhere"]\n')
-    result = subprocess.run([*CELERIAC, "worker", "-P", "solo"], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run(
+        [*CELERIAC, "worker", "-P", "solo"], cwd=cwd, env=env, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 2
     assert "imports: cannot import 'not_a_module_anywhere'" in result.stderr
