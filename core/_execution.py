@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import states
 from ._exceptions_data import exception_to_data
-from .exceptions import Ignore, Reject, Retry
+from .exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from .task import Request, current_request
 
 if TYPE_CHECKING:
@@ -78,6 +78,9 @@ def execute(task: Task[..., Any], request: Request) -> Outcome:
             outcome = Outcome(request.id, REJECTED, reject.reason, requeue=reject.requeue, exception=reject)
         except Exception as exc:
             retval = exc
+            if isinstance(exc, SoftTimeLimitExceeded | TimeLimitExceeded) and not exc.args:
+                kind = "soft" if isinstance(exc, SoftTimeLimitExceeded) else "hard"
+                exc.args = (f"{task.name}[{request.id}] exceeded its {kind} time limit",)
             text = traceback_module.format_exc()
             outcome = Outcome(request.id, states.FAILURE, exception_to_data(exc), text, exception=exc)
             plugins.task_failure(app, task, request.id, exc, request.args, request.kwargs, text)

@@ -11,13 +11,17 @@ What a transport must provide (checked by :mod:`celeriac.testing.conformance`):
 * **fetch** up to ``limit`` deliveries from several queues, **blocking** until at least one is
   available or the timeout passes (no busy polling), higher priority first within a queue;
 * settle a delivery: **ack**, **reject** (``requeue=True`` puts it back, ``False`` drops it),
-  **dead_letter** (moves it to :meth:`Transport.dead_letter_queue` with the reason);
+  **dead_letter** (moves it to :meth:`Transport.dead_letter_queue` with the reason); settling
+  a delivery that is already settled (or unknown) is a harmless no-op;
 * at-least-once: an unsettled delivery is given to another consumer when its consumer dies;
   transports that detect death by a lease say so with :attr:`Transport.needs_lease_extension`
   and the worker keeps leases of running tasks alive with :meth:`Transport.extend_lease`;
 * **queue_length** and **purge**;
 * a **broadcast** channel (fan-out to every current subscriber, no persistence) for remote
-  control and events.
+  control and events; a subscription is active when :meth:`Transport.subscribe` returns.
+
+After :meth:`Transport.close`, publish, fetch, broadcast and subscribe raise
+:class:`~celeriac.TransportError`.
 """
 
 from __future__ import annotations
@@ -61,15 +65,20 @@ class Transport(ABC):
     #: False when only the creating process can reach the queues (``memory://``); the CLI
     #: refuses to ``celeriac call`` through such a transport.
     shared_between_processes: ClassVar[bool] = True
-    #: True when an unsettled delivery returns to the queue after ``visibility_timeout``
-    #: unless its lease is extended; the worker then calls :meth:`extend_lease` periodically.
-    needs_lease_extension: ClassVar[bool] = False
     #: Suffix of dead-letter queue names.
     dead_letter_suffix: ClassVar[str] = ".dead-letter"
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         self.url = url
         self.options: dict[str, Any] = dict(options or {})
+
+    @property
+    def needs_lease_extension(self) -> bool:
+        """True when an unsettled delivery returns to the queue after ``visibility_timeout``
+        unless its lease is extended; the worker then calls :meth:`extend_lease` periodically
+        (every ``visibility_timeout / 3`` by default). A property because it may depend on
+        the options."""
+        return False
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -93,8 +102,9 @@ class Transport(ABC):
         """Take up to ``limit`` deliveries from ``queues``.
 
         Blocks until at least one is available or ``timeout`` seconds pass (then returns an
-        empty list). Within a queue, higher priority first, then first in first out. Fetched
-        deliveries are invisible to other consumers until settled (or their lease expires).
+        empty list). ``limit`` is at least 1. Within a queue, higher priority first, then first
+        in first out; across queues, no queue is starved (round robin). Fetched deliveries are
+        invisible to other consumers until settled (or their lease expires).
         """
 
     @abstractmethod
@@ -137,10 +147,19 @@ class Transport(ABC):
         return queue + self.dead_letter_suffix
 
     def extend_lease(self, deliveries: Sequence[Delivery], seconds: float) -> None:  # noqa: B027
-        """Keep ``deliveries`` invisible to other consumers for ``seconds`` more.
+        """Keep ``deliveries`` invisible to other consumers for at least ``seconds`` from now
+        (never shortening a lease).
 
         Called periodically by the worker for messages whose tasks are still running, when
         :attr:`needs_lease_extension` is true. The default does nothing.
+        """
+
+    def set_prefetch(self, count: int) -> None:  # noqa: B027
+        """The most deliveries this consumer will hold unsettled (reserved + running).
+
+        Called by the worker at start and whenever its pool grows or shrinks; push-based
+        brokers map it to their QoS (AMQP ``basic.qos``). ``fetch`` never asks for more.
+        The default does nothing.
         """
 
     # -- queues ------------------------------------------------------------------------------
@@ -154,7 +173,7 @@ class Transport(ABC):
 
     @abstractmethod
     def purge(self, queue: str) -> int:
-        """Delete every ready message on ``queue``; returns how many were deleted."""
+        """Delete every ready message on ``queue`` (delayed ones stay); returns how many."""
 
     # -- broadcast ---------------------------------------------------------------------------
 
@@ -169,7 +188,8 @@ class Transport(ABC):
     # -- lifecycle ---------------------------------------------------------------------------
 
     def wake(self) -> None:  # noqa: B027
-        """Make a blocked :meth:`fetch` return early (used at shutdown); optional."""
+        """Make fetches blocked right now return early (used at shutdown); optional, since
+        the worker's fetch timeout bounds the wait anyway."""
 
     def close(self) -> None:  # noqa: B027
         """Release connections. Unsettled deliveries go back to their queues (at-least-once)."""

@@ -227,12 +227,13 @@ def demo(count: int) -> None:
     from ..testing import start_worker
 
     app = Celeriac("demo", broker_url="memory://celeriac-demo", result_store="memory://celeriac-demo", environ={})
+    logging.basicConfig(level=logging.WARNING, format="  worker log: %(message)s")
 
-    @app.task
+    @app.task(name="demo.add")
     def add(x: int, y: int) -> int:
         return x + y
 
-    @app.task
+    @app.task(name="demo.divide")
     def divide(x: float, y: float) -> float:
         return x / y
 

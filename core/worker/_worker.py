@@ -117,6 +117,8 @@ class Worker:
         self._stop_lock = threading.Lock()
         self._stop_requested = False
         self._threads: list[threading.Thread] = []
+        self._prefetch_sent = 0
+        self._signals_received = 0
 
     def __repr__(self) -> str:
         return f"<Worker {self.hostname} pool={self.pool_name}x{self.concurrency} queues={','.join(self.queues)}>"
@@ -138,6 +140,8 @@ class Worker:
             self.transport.declare_queue(queue)
         self.pool = app.plugins.pool(self.pool_name, self.concurrency, self.pool_options, app)
         self.pool.start(self._run, lambda: app.plugins.worker_process_init(app, self))
+        self._prefetch_sent = self.prefetch_limit
+        self.transport.set_prefetch(self._prefetch_sent)
         self._spawn(self._consume_loop, "consumer")
         if self.transport.needs_lease_extension:
             self._spawn(self._lease_loop, "lease-keeper")
@@ -168,11 +172,12 @@ class Worker:
 
     def _on_signal(self, signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
-        if not self._stop_requested:
-            logger.info("%s received; warm shutdown (finishing running tasks; %s again for cold shutdown)", name, name)
+        self._signals_received += 1
+        if self._signals_received == 1:
+            logger.warning("%s received: warm shutdown (running tasks finish; %s again for cold shutdown)", name, name)
             threading.Thread(target=self.stop, kwargs={"warm": True, "sig": name}, daemon=True).start()
         else:
-            logger.warning("%s received again; cold shutdown (running tasks go back to the queue)", name)
+            logger.warning("%s received again: cold shutdown (running tasks go back to the queue)", name)
             threading.Thread(target=self.stop, kwargs={"warm": False, "sig": name}, daemon=True).start()
 
     def stop(self, *, warm: bool = True, sig: str = "", timeout: float | None = None) -> None:
@@ -239,10 +244,15 @@ class Worker:
         assert self.transport is not None
         backoff = 0.1
         while not self._stopping.is_set():
+            limit = self.prefetch_limit
+            if limit != self._prefetch_sent:  # the pool grew or shrank
+                self._prefetch_sent = limit
+                self._safely(self.transport.set_prefetch, limit)
             with self._cond:
-                while not self._stopping.is_set() and self._held >= self.prefetch_limit:
+                while not self._stopping.is_set() and self._held >= limit:
                     self._cond.wait(_FETCH_TIMEOUT)
-                want = self.prefetch_limit - self._held
+                    limit = self.prefetch_limit
+                want = limit - self._held
             if self._stopping.is_set():
                 break
             try:

@@ -269,7 +269,7 @@ class MemoryTransport(celeriac.Transport):
 
     # The base declares a ClassVar; here the answer depends on the options.
     @property
-    def needs_lease_extension(self) -> bool:  # type: ignore[override]
+    def needs_lease_extension(self) -> bool:
         """True when ``visibility_timeout`` is set: unsettled deliveries then expire."""
         return self.visibility_timeout is not None
 

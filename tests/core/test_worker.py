@@ -324,3 +324,33 @@ def test_lease_is_kept_alive_for_long_tasks(app: Celeriac) -> None:
         assert result.get(timeout=10) == "once"
     assert runs == [1]
     leased.close()
+
+
+def test_prefetch_follows_the_pool_size(app: Celeriac) -> None:
+    @app.task
+    def noop() -> None: ...
+
+    with start_worker(app, pool="threads", concurrency=2, prefetch_multiplier=3) as worker:
+        assert worker.transport is not None
+        sent: list[int] = []
+        worker.transport.set_prefetch = sent.append  # type: ignore[method-assign]
+        assert worker.prefetch_limit == 6
+        assert worker.pool is not None
+        worker.pool.grow(2)
+        noop.delay().get(timeout=10)
+        wait_for(lambda: sent == [12])
+
+
+def test_soft_time_limit_failure_says_which_limit(app: Celeriac) -> None:
+    from celeriac import SoftTimeLimitExceeded
+
+    @app.task(soft_time_limit=0.1)
+    def spin() -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    with start_worker(app, pool="threads", concurrency=1):
+        result = spin.delay()
+        with pytest.raises(SoftTimeLimitExceeded, match="exceeded its soft time limit"):
+            result.get(timeout=10)

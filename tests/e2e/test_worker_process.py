@@ -154,3 +154,21 @@ def test_flags_override_config_and_unknown_import_is_clear(
     )
     assert result.returncode == 2
     assert "imports: cannot import 'not_a_module_anywhere'" in result.stderr
+
+
+def test_second_signal_is_a_cold_shutdown(project: tuple[Path, dict[str, str]], started: list[Process]) -> None:
+    cwd, env = project
+    env["E2E_TASKS"] = "0"
+    env["E2E_SLOW"] = "30"
+    worker = Process([*CELERIAC, "worker", "-c", "2"], cwd, env)
+    started.append(worker)
+    worker.wait_for_lines("E2E-PRERUN e2e.sleep", 1)
+    began = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)
+    worker.wait_for_lines("E2E-SHUTTING-DOWN warm", 1)  # two signals at once would coalesce into one
+    worker.proc.send_signal(signal.SIGTERM)
+    code, err = worker.finish(timeout=20)
+    assert time.monotonic() - began < 15
+    assert code == 0, err
+    assert "cold shutdown" in err
+    assert not any(line.startswith("E2E-RESULT e2e.sleep") for line in worker.seen)
