@@ -27,8 +27,8 @@ def test_hook_creates_a_memory_store_for_the_memory_scheme_only() -> None:
     store = resultstores.celeriac_result_store(url=url, scheme="memory", options={})
     assert isinstance(store, MemoryResultStore)
     assert store.url == url
-    assert resultstores.celeriac_result_store(url="redis://localhost", scheme="redis", options={}) is None
-    assert list(resultstores.celeriac_result_store_schemes()) == ["memory"]
+    assert resultstores.celeriac_result_store(url="nosql://localhost", scheme="nosql", options={}) is None
+    assert "memory" in resultstores.celeriac_result_store_schemes()
 
 
 def test_memory_results_stay_in_this_process() -> None:

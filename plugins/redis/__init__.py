@@ -1,0 +1,1 @@
+"""redis:// transport (placeholder until the Redis issue lands)."""

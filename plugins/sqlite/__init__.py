@@ -1,0 +1,1 @@
+"""sqlite:// transport (placeholder until the SQLite issue lands)."""
