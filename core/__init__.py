@@ -9,6 +9,7 @@ from __future__ import annotations
 from . import states
 from ._envelope import Delivery, Envelope
 from .app import Celeriac, current_app
+from .codec import Compressor, MessageCodec, MessageFilter
 from .config import Config, Setting
 from .exceptions import (
     CeleriacError,
@@ -47,6 +48,7 @@ __all__ = [
     "AsyncResult",
     "Celeriac",
     "CeleriacError",
+    "Compressor",
     "Config",
     "ConfigError",
     "ContentDisallowed",
@@ -57,6 +59,8 @@ __all__ = [
     "HandledError",
     "Ignore",
     "MaxRetriesExceededError",
+    "MessageCodec",
+    "MessageFilter",
     "NotRegistered",
     "PluginError",
     "Pool",

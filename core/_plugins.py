@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from ._envelope import Envelope
     from .app import Celeriac
+    from .codec import Compressor, MessageFilter
     from .config import Setting
     from .pool import Pool
     from .resultstore import ResultStore
@@ -188,6 +189,12 @@ class PluginHost:
     def serializers(self) -> list[Serializer]:
         # pluggy calls the most recently registered first; built-ins (registered first) must win.
         return [s for batch in reversed(self.pm.hook.celeriac_serializers()) for s in batch]
+
+    def compressors(self) -> list[Compressor]:
+        return [c for batch in reversed(self.pm.hook.celeriac_compressors()) for c in batch]
+
+    def message_filters(self, app: Celeriac) -> list[MessageFilter]:
+        return [f for batch in reversed(self.pm.hook.celeriac_message_filters(app=app)) for f in batch]
 
     def cli_commands(self) -> list[click.Command]:
         return [command for batch in self.pm.hook.celeriac_cli_commands() for command in batch]

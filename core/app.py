@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 from . import states
 from ._exceptions_data import exception_to_data
 from ._plugins import PluginHost, signal_handler_plugin
+from .codec import MessageCodec
 from .config import KERNEL_SETTINGS, Config, ConfigSource, discover_config_file, read_config_file
 from .exceptions import ConfigError, NotRegistered, SerializationError
-from .message import TaskMessage, encode_task_message
+from .message import TaskMessage
 from .result import AsyncResult
 from .resultstore import ResultRecord, ResultStore
 from .serialization import SerializerRegistry
@@ -128,6 +129,7 @@ class Celeriac:
         self._transport: Transport | None = None
         self._result_store: ResultStore | None = None
         self._serializers: SerializerRegistry | None = None
+        self._codec: MessageCodec | None = None
         self._accept: frozenset[str] | None = None
         self._result_accept: frozenset[str] | None = None
         self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()
@@ -259,6 +261,23 @@ class Celeriac:
         return self._serializers
 
     @property
+    def codec(self) -> MessageCodec:
+        """Serializer + compression + message filters (signing, encryption) for task messages."""
+        if self._codec is None:
+            with self._lock:
+                if self._codec is None:
+                    self._codec = MessageCodec(
+                        self.serializers,
+                        self.plugins.compressors(),
+                        self.plugins.message_filters(self),
+                        accept=self.accept_content,
+                        compression=self.conf.compression,
+                        compression_threshold=self.conf.compression_threshold,
+                        max_size=self.conf.message_max_size,
+                    )
+        return self._codec
+
+    @property
     def accept_content(self) -> frozenset[str]:
         """Content types a worker of this app decodes."""
         self.serializers  # noqa: B018 - resolves the accept sets
@@ -321,6 +340,7 @@ class Celeriac:
         parent_id: str | None = None,
         root_id: str | None = None,
         reply_to: str | None = None,
+        compression: str | None = None,
         **options: Any,
     ) -> AsyncResult[Any]:
         """Queue task ``name`` (it need not be registered here). Returns its :class:`AsyncResult`."""
@@ -376,7 +396,8 @@ class Celeriac:
             extra_headers=dict(headers or {}),
         )
         serializer = serializer or (task.serializer if task else None) or self.conf.serializer
-        envelope, body = encode_task_message(message, self.serializers, serializer)
+        compression = compression or (task.compression if task else None)
+        envelope, body = self.codec.encode(message, serializer, compression)
         self.plugins.before_task_publish(self, name, envelope.headers, body, envelope.properties, queue)
         delay_until = eta.timestamp() if eta is not None and eta > now else None
         self.transport.publish(envelope, queue, eta=delay_until)

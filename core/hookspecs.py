@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from ._envelope import Envelope
     from .app import Celeriac
+    from .codec import Compressor, MessageFilter
     from .config import Setting
     from .pool import Pool
     from .resultstore import ResultStore
@@ -139,6 +140,31 @@ def celeriac_serializers() -> Sequence[Serializer]:
     register the same name, the first registered (built-ins load first) wins.
 
     :return: a list of :class:`~celeriac.Serializer` instances.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def celeriac_compressors() -> Sequence[Compressor]:
+    """Register compressors (``zlib``, ``bz2``, ...).
+
+    Called once per app when its message codec is first needed.
+
+    :return: a list of :class:`~celeriac.Compressor` instances.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def celeriac_message_filters(app: Celeriac) -> Sequence[MessageFilter]:
+    """Return the filters every task message of ``app`` passes through (signing, encryption).
+
+    Called once per app when its message codec is first needed; read ``app.conf`` to decide
+    which filters are active. Outgoing messages pass the filters in the order returned (plugins
+    in registration order); incoming messages pass them in reverse order.
+
+    :param app: the configured app.
+    :return: a list of :class:`~celeriac.MessageFilter` instances (empty when not configured).
     """
     raise NotImplementedError
 

@@ -119,6 +119,7 @@ class Task(Generic[P, R]):
         default_retry_delay: float | None = None,
         expires: float | None = None,
         rate_limit: str | None = None,
+        compression: str | None = None,
         **extra: Any,
     ) -> None:
         self.app = app
@@ -141,6 +142,7 @@ class Task(Generic[P, R]):
         )
         self.expires = expires
         self.rate_limit = rate_limit
+        self.compression = compression
         self.options = extra
         self.is_coroutine = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
@@ -188,6 +190,7 @@ class Task(Generic[P, R]):
         ignore_result: bool | None = None,
         time_limit: float | None = None,
         soft_time_limit: float | None = None,
+        compression: str | None = None,
         **options: Any,
     ) -> AsyncResult[R]:
         """Queue the task. Options as in Celery; explicit ones beat routes, which beat the task's."""
@@ -206,6 +209,7 @@ class Task(Generic[P, R]):
             ignore_result=ignore_result,
             time_limit=time_limit,
             soft_time_limit=soft_time_limit,
+            compression=compression,
             **options,
         )
 

@@ -35,7 +35,6 @@ from .._envelope import Delivery
 from .._exceptions_data import exception_to_data
 from .._execution import IGNORED, REJECTED, Outcome, execute
 from ..exceptions import ContentDisallowed, DecodeError, NotRegistered, WorkerLostError
-from ..message import decode_task_message
 from ..pool import Pool, TimeLimits
 from ..task import Request, Task
 
@@ -132,6 +131,7 @@ class Worker:
         app.import_modules()
         registry = app.serializers
         accept = app.accept_content
+        app.codec  # noqa: B018 - compressors and filters are resolved (and validated) at start
         for content_type in sorted(accept - registry.default_accept()):
             logger.warning("accept_content allows %s, which can run code on this worker when decoded", content_type)
         app.result_store  # noqa: B018 - fail at start, not at the first result
@@ -277,7 +277,7 @@ class Worker:
         assert transport is not None
         envelope = delivery.envelope
         try:
-            message = decode_task_message(envelope, app.serializers, app.accept_content)
+            message = app.codec.decode(envelope)
         except (ContentDisallowed, DecodeError) as exc:
             self.stats.rejected += 1
             logger.warning("dead-lettered a message from %s: %s", delivery.queue, exc)
