@@ -1,0 +1,1 @@
+"""Compressors (placeholder until the serializers issue lands)."""

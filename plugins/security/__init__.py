@@ -1,0 +1,1 @@
+"""Message signing and encryption (placeholder until the serializers issue lands)."""
