@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -46,6 +46,12 @@ class ResultStore(ABC):
     @abstractmethod
     def set(self, record: ResultRecord, *, expires: float | None = None) -> None:
         """Store ``record``, replacing any earlier one; gone after ``expires`` seconds."""
+
+    def set_many(self, records: Sequence[ResultRecord], *, expires: float | None = None) -> None:
+        """Store several records (the worker batches what finished together); stores override
+        this to use one round trip."""
+        for record in records:
+            self.set(record, expires=expires)
 
     @abstractmethod
     def get(self, task_id: str) -> ResultRecord | None:

@@ -21,6 +21,7 @@ import collections
 import functools
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
@@ -36,6 +37,7 @@ from .._exceptions_data import exception_to_data
 from .._execution import IGNORED, REJECTED, Outcome, execute
 from ..exceptions import ContentDisallowed, DecodeError, NotRegistered, WorkerLostError
 from ..pool import Pool, TimeLimits
+from ..resultstore import ResultRecord
 from ..task import Request, Task
 
 if TYPE_CHECKING:
@@ -47,6 +49,7 @@ __all__ = ["Worker", "WorkerStats"]
 logger = logging.getLogger("celeriac.worker")
 _FETCH_TIMEOUT = 1.0
 _MAX_REVOKED = 50_000
+_MAX_SETTLE_BATCH = 256
 
 
 @dataclass(slots=True)
@@ -108,7 +111,8 @@ class Worker:
         self.transport: Transport | None = None
         self._cond = threading.Condition()
         self._reserved: collections.deque[_Job] = collections.deque()
-        self._active: dict[int, _Job] = {}
+        self._active: dict[int, _Job] = {}  # running in the pool
+        self._settling: dict[int, _Job] = {}  # finished; result being stored, message being acked
         self._held = 0
         self._dispatching = threading.local()
         self._stopping = threading.Event()
@@ -116,6 +120,8 @@ class Worker:
         self._stop_lock = threading.Lock()
         self._stop_requested = False
         self._threads: list[threading.Thread] = []
+        self._settle_queue: queue.SimpleQueue[tuple[_Job, Outcome | BaseException] | None] = queue.SimpleQueue()
+        self._settler: threading.Thread | None = None
         self._prefetch_sent = 0
         self._signals_received = 0
 
@@ -142,6 +148,8 @@ class Worker:
         self.pool.start(self._run, lambda: app.plugins.worker_process_init(app, self))
         self._prefetch_sent = self.prefetch_limit
         self.transport.set_prefetch(self._prefetch_sent)
+        self._settler = threading.Thread(target=self._settle_loop, name="celeriac-settler", daemon=True)
+        self._settler.start()
         self._spawn(self._consume_loop, "consumer")
         if self.transport.needs_lease_extension:
             self._spawn(self._lease_loop, "lease-keeper")
@@ -208,6 +216,9 @@ class Worker:
             finished = self.pool.stop(timeout=wait)
             if not finished:
                 logger.warning("%s: tasks still running at shutdown go back to the queue", self.hostname)
+        if self._settler is not None and self._settler is not threading.current_thread():
+            self._settle_queue.put(None)  # settle what finished, then stop
+            self._settler.join(timeout=max(wait, 1.0) + 5)
         if self.transport is not None:
             self.transport.close()
         app._workers.discard(self)
@@ -241,17 +252,24 @@ class Worker:
         return size * self.prefetch_multiplier
 
     def _consume_loop(self) -> None:
-        assert self.transport is not None
+        assert self.transport is not None and self.pool is not None
         backoff = 0.1
         while not self._stopping.is_set():
+            self._dispatch()  # reserved jobs into free slots (an inline pool runs them right here)
             limit = self.prefetch_limit
             if limit != self._prefetch_sent:  # the pool grew or shrank
                 self._prefetch_sent = limit
                 self._safely(self.transport.set_prefetch, limit)
             with self._cond:
-                while not self._stopping.is_set() and self._held >= limit:
+                while (
+                    not self._stopping.is_set()
+                    and not self._dispatchable()
+                    and (self._held >= limit or len(self._settling) >= max(limit, _MAX_SETTLE_BATCH))
+                ):
                     self._cond.wait(_FETCH_TIMEOUT)
                     limit = self.prefetch_limit
+                if self._dispatchable():
+                    continue
                 want = limit - self._held
             if self._stopping.is_set():
                 break
@@ -269,7 +287,11 @@ class Worker:
                 except Exception as exc:  # a bug here must not lose the message or stop the worker
                     logger.exception("internal error handling a message from %s", delivery.queue)
                     self._safely(self.transport.dead_letter, delivery, f"internal error: {exc!r}")
-            self._dispatch()
+
+    def _dispatchable(self) -> bool:
+        """Reserved jobs wait and the pool has a free slot (call with ``_cond`` held)."""
+        assert self.pool is not None
+        return bool(self._reserved) and len(self._active) < self.pool.size and not self._stopping.is_set()
 
     def _on_delivery(self, delivery: Delivery) -> None:
         app = self.app
@@ -382,66 +404,114 @@ class Worker:
         return execute(self.app.tasks[request.task], request)
 
     def _finish(self, job: _Job, outcome: Outcome) -> None:
-        try:
-            self._settle(job, outcome)
-        except Exception:
-            logger.exception("could not settle %s[%s]", job.task.name, job.request.id)
-        finally:
-            with self._cond:
-                self._active.pop(id(job), None)
-                self._held -= 1
-                self._cond.notify()
+        """Pool callback: free the slot, hand the outcome to the settler thread, start the next
+        reserved job. Storing and acking happen in the settler, overlapping the next task."""
+        self._release(job, outcome)
+
+    def _lost(self, job: _Job, exc: BaseException) -> None:
+        """Pool callback: the job could not run (its process died, or the runner failed)."""
+        self._release(job, exc)
+
+    def _release(self, job: _Job, outcome: Outcome | BaseException) -> None:
+        with self._cond:
+            self._active.pop(id(job), None)
+            self._settling[id(job)] = job
+            self._held -= 1
+            self._cond.notify_all()
+        self._settle_queue.put((job, outcome))
+        if self.pool is not None and not self.pool.runs_inline:
             self._dispatch()
 
-    def _settle(self, job: _Job, outcome: Outcome) -> None:
+    def _settle_loop(self) -> None:
+        """Store results and ack in batches: whatever finished since the last round trip goes
+        to the result store in one ``set_many`` and to the broker in one ``ack_many``."""
+        while True:
+            item = self._settle_queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < _MAX_SETTLE_BATCH:
+                try:
+                    item = self._settle_queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._settle_queue.put(None)  # finish this batch, then stop
+                    break
+                batch.append(item)
+            try:
+                self._settle_batch(batch)
+            except Exception:
+                logger.exception("internal error settling %d messages; they will be redelivered", len(batch))
+            finally:
+                with self._cond:
+                    for job, _ in batch:
+                        self._settling.pop(id(job), None)
+                    self._cond.notify_all()
+
+    def _settle_batch(self, batch: list[tuple[_Job, Outcome | BaseException]]) -> None:
         app = self.app
         transport = self.transport
         assert transport is not None
-        task, request, delivery = job.task, job.request, job.delivery
-        state = outcome.state
-        self.stats.total[task.name] += 1
-        if state == REJECTED:
-            self.stats.rejected += 1
-            if outcome.requeue:
-                transport.reject(delivery, requeue=True)
-            else:
-                transport.dead_letter(delivery, f"rejected by task: {outcome.value}")
-            return
-        if state != IGNORED and not self._ignores_result(task, request):
+        records: list[tuple[_Job, ResultRecord]] = []
+        acks: list[_Job] = []
+        for job, outcome in batch:
+            if isinstance(outcome, BaseException):
+                self._settle_lost(job, outcome)
+                continue
+            task, request = job.task, job.request
+            self.stats.total[task.name] += 1
+            self._log_outcome(job, outcome)
+            if outcome.state == REJECTED:
+                self.stats.rejected += 1
+                if outcome.requeue:
+                    self._safely(transport.reject, job.delivery, requeue=True)
+                else:
+                    self._safely(transport.dead_letter, job.delivery, f"rejected by task: {outcome.value}")
+                continue
+            if outcome.state != IGNORED and not self._ignores_result(task, request):
+                record = app.encode_result(
+                    request.id, outcome.state, outcome.value, traceback=outcome.traceback, request=request
+                )
+                records.append((job, record))
+            elif job.acks_late:
+                acks.append(job)
+        if records:
             try:
-                app.store_result(request.id, state, outcome.value, traceback=outcome.traceback, request=request)
+                app.result_store.set_many([record for _, record in records], expires=app.conf.result_expires)
             except Exception as exc:
                 logger.error(
-                    "could not store the result of %s[%s]: %s; the message goes back to the queue",
-                    task.name,
-                    request.id,
-                    exc,
+                    "could not store %d result(s) (%s); their messages go back to the queue", len(records), exc
                 )
-                if job.acks_late:
-                    transport.reject(delivery, requeue=True)
-                return
+                for job, _ in records:
+                    if job.acks_late:
+                        self._safely(transport.reject, job.delivery, requeue=True)
+            else:
+                acks.extend(job for job, _ in records if job.acks_late)
+        if acks:
+            self._safely(transport.ack_many, [job.delivery for job in acks])
+
+    def _log_outcome(self, job: _Job, outcome: Outcome) -> None:
+        name, task_id, state = job.task.name, job.request.id, outcome.state
         if state == states.SUCCESS:
             self.stats.succeeded += 1
             if logger.isEnabledFor(logging.INFO):
-                logger.info("Task %s[%s] succeeded in %.6fs: %r", task.name, request.id, outcome.runtime, outcome.value)
+                logger.info("Task %s[%s] succeeded in %.6fs: %r", name, task_id, outcome.runtime, outcome.value)
         elif state == states.FAILURE:
             self.stats.failed += 1
-            logger.error("Task %s[%s] raised: %s", task.name, request.id, _exception_line(outcome))
+            logger.error("Task %s[%s] raised: %s", name, task_id, _exception_line(outcome))
         elif state == states.RETRY:
             self.stats.retried += 1
-            logger.info("Task %s[%s] retry: %s", task.name, request.id, _exception_line(outcome))
-        if job.acks_late:
-            transport.ack(delivery)
+            logger.info("Task %s[%s] retry: %s", name, task_id, _exception_line(outcome))
 
     def _ignores_result(self, task: Task[..., Any], request: Request) -> bool:
-        if request.ignore_result is not None and request.ignore_result:
+        if request.ignore_result:
             return True
         if task.ignore_result is not None:
             return task.ignore_result
         return bool(self.app.conf.task_ignore_result)
 
-    def _lost(self, job: _Job, exc: BaseException) -> None:
-        """The pool could not run the job (its process died, or the runner itself failed)."""
+    def _settle_lost(self, job: _Job, exc: BaseException) -> None:
         assert self.transport is not None
         try:
             if isinstance(exc, WorkerLostError) and job.acks_late:
@@ -454,12 +524,6 @@ class Worker:
                     self.transport.ack(job.delivery)
         except Exception:
             logger.exception("could not settle %s[%s]", job.task.name, job.request.id)
-        finally:
-            with self._cond:
-                self._active.pop(id(job), None)
-                self._held -= 1
-                self._cond.notify()
-            self._dispatch()
 
     # -- leases -----------------------------------------------------------------------------
 
@@ -469,7 +533,7 @@ class Worker:
         interval = self.app.conf.worker_lease_interval or max(visibility / 3, 0.05)
         while not self._stopping.wait(interval):
             with self._cond:
-                held = [job.delivery for job in (*self._active.values(), *self._reserved)]
+                held = [job.delivery for job in (*self._active.values(), *self._reserved, *self._settling.values())]
             if held:
                 self._safely(self.transport.extend_lease, held, visibility)
 
