@@ -142,8 +142,8 @@ class Worker:
             logger.warning("accept_content allows %s, which can run code on this worker when decoded", content_type)
         app.result_store  # noqa: B018 - fail at start, not at the first result
         self.transport = app.create_transport()
-        for queue in self.queues:
-            self.transport.declare_queue(queue)
+        for name in self.queues:
+            self.transport.declare_queue(name)
         self.pool = app.plugins.pool(self.pool_name, self.concurrency, self.pool_options, app)
         self.pool.start(self._run, lambda: app.plugins.worker_process_init(app, self))
         self._prefetch_sent = self.prefetch_limit
@@ -252,7 +252,8 @@ class Worker:
         return size * self.prefetch_multiplier
 
     def _consume_loop(self) -> None:
-        assert self.transport is not None and self.pool is not None
+        assert self.transport is not None
+        assert self.pool is not None
         backoff = 0.1
         while not self._stopping.is_set():
             self._dispatch()  # reserved jobs into free slots (an inline pool runs them right here)
