@@ -373,6 +373,8 @@ class Celeriac:
             parent_id = parent_id or parent.id
             root_id = root_id or parent.root_id
         task_id = task_id or str(uuid.uuid4())
+        if reply_to is None and not (ignore_result or (task is not None and task.ignore_result)):
+            reply_to = self.result_store.reply_to
         if time_limit is None and task is not None:
             time_limit = task.time_limit
         if soft_time_limit is None and task is not None:
@@ -443,7 +445,7 @@ class Celeriac:
             meta["date_done"] = datetime.now(UTC).isoformat()
             data, content_type, encoding = registry.dumps(meta, self.conf.result_serializer)
             state = states.FAILURE
-        return ResultRecord(task_id, state, data, content_type, encoding)
+        return ResultRecord(task_id, state, data, content_type, encoding, request.reply_to if request else None)
 
     def decode_result(self, record: ResultRecord) -> dict[str, Any]:
         meta = self.serializers.loads(

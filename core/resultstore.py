@@ -30,6 +30,9 @@ class ResultRecord:
     payload: bytes
     content_type: str = "application/json"
     content_encoding: str = "utf-8"
+    #: The ``reply_to`` of the task message, for stores that send results back to the caller
+    #: (``rpc://``); ``None`` when unknown.
+    reply_to: str | None = None
 
 
 class ResultStore(ABC):
@@ -42,6 +45,14 @@ class ResultStore(ABC):
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         self.url = url
         self.options: dict[str, Any] = dict(options or {})
+
+    @property
+    def reply_to(self) -> str | None:
+        """Where workers should send this client's results, for stores that route results back
+        to the caller (``rpc://``: the client's reply queue). ``send_task`` puts it in the
+        message's ``reply_to`` property; the worker passes it back in :attr:`ResultRecord.reply_to`.
+        ``None`` (the default) for stores keyed by task id only."""
+        return None
 
     @abstractmethod
     def set(self, record: ResultRecord, *, expires: float | None = None) -> None:

@@ -354,3 +354,31 @@ def test_soft_time_limit_failure_says_which_limit(app: Celeriac) -> None:
         result = spin.delay()
         with pytest.raises(SoftTimeLimitExceeded, match="exceeded its soft time limit"):
             result.get(timeout=10)
+
+
+def test_reply_to_of_the_result_store_travels_with_the_message_and_back(app: Celeriac) -> None:
+    store = app.result_store
+    seen: list[str | None] = []
+    original = store.set_many
+
+    def recording(records: Any, *, expires: float | None = None) -> None:
+        seen.extend(record.reply_to for record in records)
+        original(records, expires=expires)
+
+    type(store).reply_to = property(lambda self: "client-reply-queue")  # type: ignore[method-assign,assignment]
+    try:
+        store.set_many = recording  # type: ignore[method-assign]
+
+        @app.task
+        def echo(x: int) -> int:
+            return x
+
+        result = echo.delay(1)
+        [delivery] = app.transport.fetch(["default"], limit=1, timeout=1)
+        assert delivery.envelope.properties["reply_to"] == "client-reply-queue"
+        app.transport.reject(delivery, requeue=True)
+        with start_worker(app, pool="solo"):
+            assert result.get(timeout=10) == 1
+        assert seen == ["client-reply-queue"]
+    finally:
+        del type(store).reply_to  # type: ignore[attr-defined]

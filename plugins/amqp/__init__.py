@@ -1,0 +1,1 @@
+"""amqp:// transport (placeholder until the AMQP issue lands)."""
