@@ -77,7 +77,7 @@ def test_compression_over_the_threshold_sets_the_celery_header(codec_app: Celeri
 
 
 def test_unknown_compression_lists_installed(codec_app: Celeriac) -> None:
-    with pytest.raises(PluginError, match="unknown compression 'lz4'; installed: testzlib"):
+    with pytest.raises(PluginError, match="unknown compression 'lz4'; installed: .*testzlib"):
         codec_app.codec.encode(TaskMessage(id="1", task="t"), "json", "lz4")
     envelope = Envelope(b"xx", "application/json", headers={"task": "t", "id": "1", "compression": "application/x-lz4"})
     with pytest.raises(DecodeError, match="compressed with 'application/x-lz4'"):
