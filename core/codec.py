@@ -102,22 +102,32 @@ class MessageCodec:
         return found
 
     def encode(
-        self, message: TaskMessage, serializer: str, compression: str | None = None
+        self, message: TaskMessage, serializer: str, compression: str | None = None, *, filters: bool = True
     ) -> tuple[Envelope, tuple[Any, ...]]:
-        """The envelope to publish for ``message`` and its body tuple (for signals)."""
+        """The envelope to publish for ``message`` and its body tuple (for signals).
+
+        With ``filters=False`` the message filters are left out; call :meth:`apply_filters`
+        last (``send_task`` runs the ``before_task_publish`` signal in between)."""
         envelope, body = encode_task_message(message, self.serializers, serializer)
+        envelope.headers.pop("compression", None)  # a stale header copied from another message
         name = compression or self.compression
         if name is not None:
             compressor = self.compressor(name)
             if len(envelope.body) >= self.compression_threshold:
                 envelope.body = compressor.compress(envelope.body)
                 envelope.headers["compression"] = compressor.content_type
+        return (self.apply_filters(envelope) if filters else envelope), body
+
+    def apply_filters(self, envelope: Envelope) -> Envelope:
+        """Run the outgoing message filters (signing, encryption) in order."""
         for message_filter in self.filters:
             envelope = message_filter.outgoing(envelope)
-        return envelope, body
+        return envelope
 
     def decode(self, envelope: Envelope) -> TaskMessage:
         """The task message in ``envelope``, or a one-line DecodeError / ContentDisallowed."""
+        if not isinstance(envelope.headers, dict):
+            raise DecodeError(f"message headers must be a mapping, got {type(envelope.headers).__name__}")
         if len(envelope.body) > self.max_size:
             raise DecodeError(f"message body of {len(envelope.body)} bytes exceeds message_max_size={self.max_size}")
         for message_filter in reversed(self.filters):
@@ -131,7 +141,6 @@ class MessageCodec:
                 body = compressor.decompress(envelope.body, self.max_size)
             except Exception as exc:
                 raise DecodeError(f"cannot decompress {compression} body: {exc}") from exc
-            envelope = Envelope(
-                body, envelope.content_type, envelope.content_encoding, envelope.headers, envelope.properties
-            )
+            headers = {key: value for key, value in envelope.headers.items() if key != "compression"}
+            envelope = Envelope(body, envelope.content_type, envelope.content_encoding, headers, envelope.properties)
         return decode_task_message(envelope, self.serializers, self.accept)

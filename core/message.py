@@ -107,9 +107,9 @@ def parse_time(value: Any, header: str) -> datetime | None:
         raise DecodeError(f"header {header!r} must be an ISO-8601 string, got {type(value).__name__}")
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise DecodeError(f"header {header!r} is not an ISO-8601 time: {value!r}") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise DecodeError(f"header {header!r} is not a valid ISO-8601 time: {value!r}") from None
 
 
 def encode_task_message(

@@ -135,7 +135,7 @@ def good_envelope(app: Celeriac) -> Envelope:
         (lambda e: setattr(e, "body", b'["x", {}, null]'), "args of t\\[i1\\] must be a list"),
         (lambda e: setattr(e, "body", b"[[], [], null]"), "kwargs of t\\[i1\\] must be a mapping"),
         (lambda e: e.headers.update(retries=-1), "retries"),
-        (lambda e: e.headers.update(eta="tomorrow"), "not an ISO-8601 time"),
+        (lambda e: e.headers.update(eta="tomorrow"), "not a valid ISO-8601 time"),
         (lambda e: e.headers.update(timelimit=[1]), "timelimit"),
         (lambda e: e.headers.update(parent_id=3), "parent_id"),
     ],

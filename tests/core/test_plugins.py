@@ -35,10 +35,10 @@ def test_disable_unknown_plugin_is_an_error() -> None:
 
 def test_unknown_scheme_lists_installed_transports() -> None:
     app = Celeriac(environ={}, set_as_current=False, broker_url="zmq://host")
-    with pytest.raises(PluginError, match=r"no transport for zmq:// URLs; installed: memory://"):
+    with pytest.raises(PluginError, match=r"no transport for zmq:// URLs; installed: .*memory://"):
         _ = app.transport
     app = Celeriac(environ={}, set_as_current=False, result_store="nosql://x")
-    with pytest.raises(PluginError, match=r"no result store for nosql:// URLs; installed: memory://"):
+    with pytest.raises(PluginError, match=r"no result store for nosql:// URLs; installed: .*memory://"):
         _ = app.result_store
     app = Celeriac(environ={}, set_as_current=False, broker_url="not a url")
     with pytest.raises(PluginError, match="is not a URL"):

@@ -234,11 +234,6 @@ def test_compression_per_app_per_task_and_per_call_through_a_worker() -> None:
     app.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernel bug: the received 'compression' header ends up in Request.headers, a retry copies it, "
-    "and an uncompressed retry is then dead-lettered as a bad zlib body (remove this mark once fixed)",
-)
 def test_a_retry_sent_without_compression_is_not_marked_compressed(app: Celeriac) -> None:
     app.conf.update({"compression_threshold": 0})
     rejected: list[str] = []

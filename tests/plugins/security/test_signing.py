@@ -276,11 +276,6 @@ def test_a_verifying_app_without_a_sign_key_warns_that_it_sends_unsigned(caplog:
     assert any("has no sign_key" in record.getMessage() for record in caplog.records)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernel: Config.masked() only masks passwords inside URLs, so secret keys show in "
-    "`celeriac config` (remove this mark once masked() hides every secret value)",
-)
 def test_celeriac_config_does_not_show_the_keys() -> None:
     shown = make_app(security_sign_key=KEY, security_verify_keys=[OLD_KEY]).conf.masked()
     assert KEY not in json.dumps(shown)

@@ -316,13 +316,6 @@ def test_the_fuzz_seeds_are_good_messages(envelope: Envelope) -> None:
     assert app.codec.decode(envelope).args in ([1, 1], [2, 1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="kernel bug: message.parse_time lets OverflowError escape for times at the ends of the "
-    "datetime range with an offset, so the worker dead-letters them as 'internal error' without "
-    "task_rejected (remove this mark once parse_time turns it into DecodeError)",
-)
 @pytest.mark.parametrize("value", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
 def test_times_at_the_ends_of_the_range_are_a_decode_error(value: str) -> None:
     envelope = Envelope(b"[[1],{},null]", "application/json", headers={"task": "t", "id": "1", "eta": value})
