@@ -35,6 +35,7 @@ import uuid
 from typing import Any
 
 from celeriac import Celeriac
+from celeriac.states import READY_STATES
 from celeriac.testing import start_worker
 
 DEFAULT_POOLS = ["solo:1", "threads:1", "threads:4"]
@@ -45,8 +46,28 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def wait_all(app: Celeriac, ids: list[str], timeout: float) -> None:
+    """Wait until every id has a ready result, with one batched read per round."""
+    store = app.result_store
+    remaining = list(ids)
+    deadline = time.monotonic() + timeout
+    while remaining:
+        found = store.get_many(remaining)
+        remaining = [i for i in remaining if i not in found or found[i].state not in READY_STATES]
+        if remaining:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(remaining)} tasks unfinished after {timeout}s")
+            time.sleep(0.002)
+
+
 def run(
-    broker: str, result_store: str, pool: str, concurrency: int, tasks: int, latency_samples: int
+    broker: str,
+    result_store: str,
+    pool: str,
+    concurrency: int,
+    tasks: int,
+    latency_samples: int,
+    prefetch_multiplier: int,
 ) -> dict[str, Any]:
     name = uuid.uuid4().hex
     app = Celeriac(
@@ -67,10 +88,9 @@ def run(
     results = [noop.apply_async((i,), queue=queue) for i in range(tasks)]
     publish_seconds = time.perf_counter() - started
 
-    with start_worker(app, pool=pool, concurrency=concurrency, queues=[queue]):
+    with start_worker(app, pool=pool, concurrency=concurrency, queues=[queue], prefetch_multiplier=prefetch_multiplier):
         started = time.perf_counter()
-        for result in results:
-            result.get(timeout=300)
+        wait_all(app, [r.id for r in results], timeout=600)
         drain_seconds = time.perf_counter() - started
         latencies = []
         for i in range(latency_samples):
@@ -86,6 +106,7 @@ def run(
         "result_store": result_store.split("://")[0],
         "pool": pool,
         "concurrency": concurrency,
+        "prefetch_multiplier": prefetch_multiplier,
         "tasks": tasks,
         "publish_per_s": round(tasks / publish_seconds),
         "drain_per_s": round(tasks / drain_seconds),
@@ -105,9 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--broker", action="append", help="broker URL (repeatable; default memory://)")
     parser.add_argument("--result-store", action="append", help="result store URL per --broker (repeatable)")
-    parser.add_argument("--pool", action="append", help="NAME:CONCURRENCY (repeatable; default solo:1 threads:1 threads:4)")
+    parser.add_argument(
+        "--pool", action="append", help="NAME:CONCURRENCY (repeatable; default solo:1 threads:1 threads:4)"
+    )
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--latency-samples", type=int, default=500)
+    parser.add_argument("--prefetch-multiplier", type=int, default=1)
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     brokers = options.broker or ["memory://"]
@@ -119,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for broker, store in zip(brokers, stores, strict=True):
         for pool, concurrency in pools:
-            row = run(broker, store, pool, concurrency, options.tasks, options.latency_samples)
+            row = run(
+                broker, store, pool, concurrency, options.tasks, options.latency_samples, options.prefetch_multiplier
+            )
             row["environment"] = environment
             rows.append(row)
             sys.stdout.write(json.dumps(row) + "\n")
