@@ -9,10 +9,12 @@ from __future__ import annotations
 from . import states
 from ._envelope import Delivery, Envelope
 from .app import Celeriac, current_app
+from .canvas import Signature, chain, chord, chunks, group, maybe_signature, signature, xmap, xstarmap
 from .codec import Compressor, MessageCodec, MessageFilter
 from .config import Config, Setting
 from .exceptions import (
     CeleriacError,
+    ChordError,
     ConfigError,
     ContentDisallowed,
     DecodeError,
@@ -35,7 +37,7 @@ from .exceptions import (
 from .hookspecs import hookimpl, hookspec
 from .message import TaskMessage, decode_task_message, encode_task_message
 from .pool import Pool, TimeLimits
-from .result import AsyncResult, EagerResult
+from .result import AsyncResult, EagerResult, GroupResult
 from .resultstore import ResultRecord, ResultStore
 from .serialization import Serializer, SerializerRegistry
 from .task import Request, SharedTask, Task, shared_task
@@ -48,6 +50,7 @@ __all__ = [
     "AsyncResult",
     "Celeriac",
     "CeleriacError",
+    "ChordError",
     "Compressor",
     "Config",
     "ConfigError",
@@ -56,6 +59,7 @@ __all__ = [
     "Delivery",
     "EagerResult",
     "Envelope",
+    "GroupResult",
     "HandledError",
     "Ignore",
     "MaxRetriesExceededError",
@@ -75,6 +79,7 @@ __all__ = [
     "SerializerRegistry",
     "Setting",
     "SharedTask",
+    "Signature",
     "SoftTimeLimitExceeded",
     "Subscription",
     "Task",
@@ -88,11 +93,19 @@ __all__ = [
     "Worker",
     "WorkerLostError",
     "__version__",
+    "chain",
+    "chord",
+    "chunks",
     "current_app",
     "decode_task_message",
     "encode_task_message",
+    "group",
     "hookimpl",
     "hookspec",
+    "maybe_signature",
     "shared_task",
+    "signature",
     "states",
+    "xmap",
+    "xstarmap",
 ]

@@ -11,9 +11,9 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import states
+from . import _workflow, states
 from ._exceptions_data import exception_to_data
-from .exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
+from .exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TaskControl, TimeLimitExceeded
 from .task import Request, current_request
 
 if TYPE_CHECKING:
@@ -39,6 +39,8 @@ class Outcome:
     runtime: float = 0.0
     requeue: bool = False
     exception: BaseException | None = None
+    #: The state is already stored (``task.retry()`` stores RETRY before publishing the retry).
+    stored: bool = False
 
 
 def execute(task: Task[..., Any], request: Request) -> Outcome:
@@ -62,13 +64,18 @@ def execute(task: Task[..., Any], request: Request) -> Outcome:
                 request.id, states.STARTED, {"pid": os.getpid(), "hostname": request.hostname}, request=request
             )
         try:
-            retval = task.run(*request.args, **request.kwargs)
-            if inspect.iscoroutine(retval):
-                retval = asyncio.run(retval)
+            retval = _call(task, request)
+            _workflow.dispatch_success(app, request, retval)
         except Retry as retry:
             retval = retry
             reason = str(retry.exc) if retry.exc is not None else str(retry)
-            outcome = Outcome(request.id, states.RETRY, exception_to_data(retry.exc or retry), exception=retry)
+            outcome = Outcome(
+                request.id,
+                states.RETRY,
+                exception_to_data(retry.exc or retry),
+                exception=retry,
+                stored=retry.stored,
+            )
             plugins.task_retry(app, task, request, reason)
         except Ignore as ignore:
             retval = ignore
@@ -84,6 +91,7 @@ def execute(task: Task[..., Any], request: Request) -> Outcome:
             text = traceback_module.format_exc()
             outcome = Outcome(request.id, states.FAILURE, exception_to_data(exc), text, exception=exc)
             plugins.task_failure(app, task, request.id, exc, request.args, request.kwargs, text)
+            _workflow.run_errbacks(app, task, request, exc, text)
         else:
             outcome = Outcome(request.id, states.SUCCESS, retval)
             plugins.task_success(app, task, retval)
@@ -94,6 +102,22 @@ def execute(task: Task[..., Any], request: Request) -> Outcome:
         current_request.reset(token)
 
 
+def _call(task: Task[..., Any], request: Request) -> Any:
+    """Run the task body; an exception in ``autoretry_for`` becomes ``task.retry()`` (which
+    raises :class:`Retry`, or the exception itself once ``max_retries`` is reached)."""
+    try:
+        retval = task.run(*request.args, **request.kwargs)
+        if inspect.iscoroutine(retval):
+            retval = asyncio.run(retval)
+        return retval
+    except TaskControl:
+        raise
+    except Exception as exc:
+        if not task.should_autoretry(exc):
+            raise
+        task.retry(exc=exc, **task.autoretry_options(request.retries))
+
+
 def run_eagerly(
     task: Task[..., Any],
     args: list[Any],
@@ -102,8 +126,10 @@ def run_eagerly(
     task_id: str | None = None,
     retries: int = 0,
     throw: bool | None = None,
+    embed: dict[str, Any] | None = None,
 ) -> EagerResult[Any]:
-    """Run ``task`` in this thread as ``task.apply()`` does; nothing is stored."""
+    """Run ``task`` in this thread as ``task.apply()`` does; nothing is stored. ``embed``
+    (callbacks, errbacks, the rest of a chain) runs here too, after the task."""
     from .result import EagerResult
 
     app = task.app
@@ -118,6 +144,8 @@ def run_eagerly(
         parent_id=parent.id if parent else None,
         is_eager=True,
     )
+    if embed is not None:
+        request.embed = embed
     request.root_id = request.root_id or request.id
     while True:
         outcome = execute(task, request)

@@ -341,16 +341,29 @@ class Celeriac:
         root_id: str | None = None,
         reply_to: str | None = None,
         compression: str | None = None,
+        link: Any = None,
+        link_error: Any = None,
+        chain: Any = None,
+        chord: Any = None,
+        group_id: str | None = None,
+        group_index: int | None = None,
         **options: Any,
     ) -> AsyncResult[Any]:
-        """Queue task ``name`` (it need not be registered here). Returns its :class:`AsyncResult`."""
+        """Queue task ``name`` (it need not be registered here). Returns its :class:`AsyncResult`.
+
+        ``link`` / ``link_error`` (signatures) become the message's callbacks / errbacks; the
+        canvas (:mod:`celeriac.canvas`) also passes ``chain`` (the rest of a chain, reversed),
+        ``chord`` (the body a chord header task reports to), ``group_id`` and ``group_index``.
+        """
         if options:
             raise TypeError(f"send_task() got unknown options: {', '.join(sorted(options))}")
         task = self.tasks.get(name)
         args = list(args or ())
         kwargs = dict(kwargs or {})
         if self.conf.task_always_eager and task is not None:
-            return task.apply(args, kwargs, task_id=task_id, retries=retries)
+            return task.apply(
+                args, kwargs, task_id=task_id, retries=retries, link=link, link_error=link_error, chain=chain
+            )
         route = self.route(name)
         queue = queue or route.get("queue") or (task.queue if task else None) or self.conf.task_default_queue
         if priority is None:
@@ -396,11 +409,18 @@ class Celeriac:
             reply_to=reply_to,
             priority=priority,
             extra_headers=dict(headers or {}),
+            group=group_id,
+            group_index=group_index,
         )
+        if link is not None or link_error is not None or chain is not None or chord is not None:
+            from .canvas import embed_of
+
+            message.embed = embed_of(link, link_error, chain, chord)
         serializer = serializer or (task.serializer if task else None) or self.conf.serializer
         compression = compression or (task.compression if task else None)
-        envelope, body = self.codec.encode(message, serializer, compression)
+        envelope, body = self.codec.encode(message, serializer, compression, filters=False)
         self.plugins.before_task_publish(self, name, envelope.headers, body, envelope.properties, queue)
+        envelope = self.codec.apply_filters(envelope)  # after the signal, so signatures cover its changes
         delay_until = eta.timestamp() if eta is not None and eta > now else None
         self.transport.publish(envelope, queue, eta=delay_until)
         self.plugins.after_task_publish(self, name, envelope.headers, body, queue)

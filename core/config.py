@@ -145,10 +145,12 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
     _s("imports", "list", [], "Modules that define tasks; imported by the worker and the CLI."),
     _s("plugins", "list", [], "Extra plugin modules to register (`proj.signals`)."),
     _s("disable_plugins", "list", [], "Installed plugins (entry-point names) not to load."),
-    _s("broker_url", "str", "memory://", "Where task messages go (`memory://`, `redis://...`).", secret=True),
+    _s("broker_url", "str", "sqlite:///celeriac.db", "Where task messages go (`sqlite:///celeriac.db`, `redis://...`).",
+       secret=True),
     _s("broker_transport_options", "dict", {}, "Transport options, e.g. `visibility_timeout`."),
     _s("broker_publish_timeout", "float", 10.0, "Seconds a publish may take before it fails."),
-    _s("result_store", "str", "memory://", "Where results go (`memory://`, `redis://...`).", secret=True),
+    _s("result_store", "str", "sqlite:///celeriac.db", "Where results go (`sqlite:///celeriac.db`, `redis://...`).",
+       secret=True),
     _s("result_store_options", "dict", {}, "Result-store options."),
     _s("result_expires", "float", 86400.0, "Seconds results are kept (None: forever)."),
     _s("result_serializer", "str", "json", "Serializer of stored results."),
@@ -170,6 +172,7 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
     _s("task_eager_propagates", "bool", True, "Eager tasks re-raise their exceptions."),
     _s("task_default_max_retries", "int", 3, "Retries before MaxRetriesExceededError (None: forever)."),
     _s("task_default_retry_delay", "float", 180.0, "Seconds before a retry when none is given."),
+    _s("chord_timeout", "float", None, "Seconds an unfinished chord may take (None: result_expires)."),
     _s("worker_pool", "str", "threads", "Execution pool: solo, threads, ..."),
     _s("worker_concurrency", "int", None, "Tasks run at once (default: number of CPUs)."),
     _s("worker_queues", "list", None, "Queues to consume (default: task_default_queue)."),
@@ -334,12 +337,21 @@ class Config(Mapping[str, Any]):
         return list(self._settings.values())
 
     def masked(self) -> dict[str, Any]:
-        """Values with secrets (passwords in URLs) masked, for display."""
-        shown: dict[str, Any] = {}
-        for name, value in self._values.items():
-            secret = self._settings[name].secret
-            shown[name] = mask_url(value) if secret and isinstance(value, str) else value
-        return shown
+        """Values with secrets masked, for display: passwords inside URLs, and the whole value
+        of other secret settings (keys), list items included."""
+        return {
+            name: _mask(value) if self._settings[name].secret else value for name, value in self._values.items()
+        }
+
+
+def _mask(value: Any) -> Any:
+    if value is None or value == "":
+        return value
+    if isinstance(value, str):
+        return mask_url(value) if "://" in value else "****"
+    if isinstance(value, list | tuple):
+        return [_mask(item) for item in value]
+    return "****"
 
 
 def mask_url(url: str) -> str:

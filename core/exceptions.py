@@ -14,6 +14,7 @@
     ├── NotRegistered                no task of that name in the app
     ├── TaskRevokedError             the task was revoked (or expired) instead of run
     ├── MaxRetriesExceededError      task.retry() called more than max_retries times
+    ├── ChordError                   a chord's header failed (or timed out), so its body cannot run
     ├── RemoteTaskError              a task failed with an exception type the client cannot import
     ├── WorkerLostError              the process running the task died
     ├── TimeLimitExceeded            the hard time limit killed the task
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 __all__ = [
     "CeleriacError",
+    "ChordError",
     "ConfigError",
     "ContentDisallowed",
     "DecodeError",
@@ -152,6 +154,9 @@ class Retry(TaskControl):
         super().__init__(message or (repr(exc) if exc is not None else "retry"))
         self.exc = exc
         self.when = when
+        #: Set by ``task.retry()`` once it stored the RETRY state (before publishing the new
+        #: message, so a fast retry can never be overwritten by the old attempt's state).
+        self.stored = False
 
 
 class Ignore(TaskControl):
@@ -169,3 +174,8 @@ class Reject(TaskControl):
 
 class MaxRetriesExceededError(CeleriacError):
     """``task.retry()`` was called more often than the task's ``max_retries``."""
+
+
+class ChordError(CeleriacError):
+    """A chord's body cannot run: a header task failed, was revoked or dead-lettered, or the
+    chord timed out. The message names the task (or the chord) that caused it."""

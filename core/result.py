@@ -1,8 +1,17 @@
-"""Results: :class:`AsyncResult` (a handle on a task's state in the result store) and
-:class:`EagerResult` (a task run locally)."""
+"""Results: :class:`AsyncResult` (a handle on a task's state in the result store),
+:class:`EagerResult` (a task run locally) and :class:`GroupResult` (the results of a group).
+
+Results of workflows link to what ran before them: a chain's result is its last task's, and
+``.parent`` leads back through the chain (a chord's result is its body's; its parent is the
+header's :class:`GroupResult`). ``get()`` on a failed result raises the **first** error of that
+lineage with its original type, so a chain that failed in its second task raises that task's
+exception whichever result you wait on.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -13,7 +22,7 @@ from .exceptions import TaskRevokedError, TimeoutError
 if TYPE_CHECKING:
     from .app import Celeriac
 
-__all__ = ["AsyncResult", "EagerResult"]
+__all__ = ["AsyncResult", "EagerResult", "GroupResult", "attach_parent", "result_from_tuple"]
 
 R = TypeVar("R")
 
@@ -25,10 +34,18 @@ class AsyncResult(Generic[R]):
     ``date_done``, ``ready()``, ``successful()``, ``failed()``, ``get()``, ``forget()``.
     """
 
-    def __init__(self, id: str, app: Celeriac, name: str | None = None) -> None:  # noqa: A002
+    def __init__(
+        self,
+        id: str,  # noqa: A002
+        app: Celeriac,
+        name: str | None = None,
+        parent: AsyncResult[Any] | None = None,
+    ) -> None:
         self.id = id
         self.app = app
         self.name = name
+        #: The result of what ran before this one in a workflow (``None`` outside one).
+        self.parent = parent
 
     @property
     def task_id(self) -> str:
@@ -88,13 +105,15 @@ class AsyncResult(Generic[R]):
     def failed(self) -> bool:
         return self.state == states.FAILURE
 
-    def get(self, timeout: float | None = None, propagate: bool = True) -> R:
+    def get(self, timeout: float | None = None, propagate: bool = True, follow_parents: bool = True) -> R:
         """Wait for the task to finish and return its result.
 
         With ``propagate`` (the default) a failed task re-raises its exception (the original
         type when importable, else :class:`~celeriac.RemoteTaskError`) and a revoked one raises
-        :class:`~celeriac.TaskRevokedError`. Raises :class:`~celeriac.TimeoutError` after
-        ``timeout`` seconds.
+        :class:`~celeriac.TaskRevokedError`; with ``follow_parents`` (the default) the first
+        error among the results this one descends from is raised instead (in a chain that
+        failed early, the error of the task that failed). Raises
+        :class:`~celeriac.TimeoutError` after ``timeout`` seconds.
         """
         record = self.app.result_store.wait(self.id, states=states.READY_STATES, timeout=timeout)
         if record is None or record.state not in states.READY_STATES:
@@ -103,7 +122,10 @@ class AsyncResult(Generic[R]):
         meta = self.app.decode_result(record)
         value = _value(meta)
         if propagate and record.state in states.PROPAGATE_STATES:
-            raise value if isinstance(value, BaseException) else TaskRevokedError(str(value))
+            earlier = first_failure(self.parent) if follow_parents else None
+            if earlier is not None:
+                raise earlier
+            raise _as_exception(value)
         return value  # type: ignore[no-any-return]
 
     wait = get
@@ -111,6 +133,17 @@ class AsyncResult(Generic[R]):
     def forget(self) -> None:
         """Delete the stored result."""
         self.app.result_store.forget(self.id)
+
+    def _failure(self) -> BaseException | None:
+        """This result's own error if it failed or was revoked (no waiting)."""
+        meta = self._meta()
+        if meta is None or meta.get("status") not in states.PROPAGATE_STATES:
+            return None
+        return _as_exception(_value(meta))
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        """A plain form (with parents) for :func:`result_from_tuple`: ``[[id, parent], None]``."""
+        return [self.id, self.parent.as_tuple() if self.parent is not None else None], None
 
 
 class EagerResult(AsyncResult[R]):
@@ -154,17 +187,206 @@ class EagerResult(AsyncResult[R]):
     def date_done(self) -> datetime | None:
         return self._date_done
 
-    def get(self, timeout: float | None = None, propagate: bool = True) -> R:
+    def get(self, timeout: float | None = None, propagate: bool = True, follow_parents: bool = True) -> R:
         if propagate and self._state in states.PROPAGATE_STATES:
-            if isinstance(self._value, BaseException):
-                raise self._value
-            raise TaskRevokedError(str(self._value))
+            earlier = first_failure(self.parent) if follow_parents else None
+            if earlier is not None:
+                raise earlier
+            raise _as_exception(self._value)
         return self._value  # type: ignore[no-any-return]
 
     wait = get
 
     def forget(self) -> None:
         """Nothing is stored for eager results."""
+
+    def _failure(self) -> BaseException | None:
+        return _as_exception(self._value) if self._state in states.PROPAGATE_STATES else None
+
+
+class GroupResult(AsyncResult[list[Any]]):
+    """The results of a group's members, in member order (Celery's ``GroupResult``).
+
+    ``get()`` waits for all of them (``timeout`` is for the whole group) and returns the list
+    of results; with ``propagate`` the first failed member's error is raised.
+    ``completed_count()`` counts members that succeeded. ``save()`` stores the member ids so
+    ``GroupResult.restore(group_id)`` can rebuild the handle elsewhere.
+    """
+
+    def __init__(
+        self,
+        id: str,  # noqa: A002
+        results: Sequence[AsyncResult[Any]],
+        app: Celeriac | None = None,
+        parent: AsyncResult[Any] | None = None,
+    ) -> None:
+        if app is None:
+            if results:
+                app = results[0].app
+            else:
+                from .app import current_app
+
+                app = current_app()
+        super().__init__(id, app, None, parent)
+        self.results: list[AsyncResult[Any]] = list(results)
+
+    def __repr__(self) -> str:
+        return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
+
+    def __iter__(self) -> Iterator[AsyncResult[Any]]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, index: int) -> AsyncResult[Any]:
+        return self.results[index]
+
+    @property
+    def children(self) -> list[AsyncResult[Any]]:
+        return self.results
+
+    @property
+    def state(self) -> str:
+        """``FAILURE`` once a member failed (or was revoked), ``SUCCESS`` once all succeeded,
+        ``PENDING`` before."""
+        member_states = [result.state for result in self.results]
+        if any(state in states.PROPAGATE_STATES for state in member_states):
+            return states.FAILURE
+        if all(state == states.SUCCESS for state in member_states):
+            return states.SUCCESS
+        return states.PENDING
+
+    status = state
+
+    @property
+    def info(self) -> list[Any]:
+        """The members' results (or errors) so far."""
+        return [result.info for result in self.results]
+
+    result = info
+
+    @property
+    def traceback(self) -> str | None:
+        return None
+
+    @property
+    def date_done(self) -> datetime | None:
+        return None
+
+    def ready(self) -> bool:
+        return all(result.ready() for result in self.results)
+
+    def successful(self) -> bool:
+        return all(result.successful() for result in self.results)
+
+    def failed(self) -> bool:
+        return any(result.failed() for result in self.results)
+
+    def waiting(self) -> bool:
+        return not self.ready()
+
+    def completed_count(self) -> int:
+        """How many members succeeded."""
+        return sum(1 for result in self.results if result.successful())
+
+    def get(self, timeout: float | None = None, propagate: bool = True, follow_parents: bool = True) -> list[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for result in self.results:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                values.append(result.get(timeout=remaining, propagate=propagate, follow_parents=follow_parents))
+            except TimeoutError:
+                raise
+            except Exception:
+                earlier = first_failure(self.parent) if follow_parents else None
+                if earlier is not None:
+                    raise earlier from None
+                raise
+        return values
+
+    join = get
+    wait = get
+
+    def forget(self) -> None:
+        """Delete the members' results and the saved group."""
+        for result in self.results:
+            result.forget()
+        self.app.result_store.forget(group_key(self.id))
+
+    def _failure(self) -> BaseException | None:
+        for result in self.results:
+            found = first_failure(result)
+            if found is not None:
+                return found
+        return None
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return [self.id, self.parent.as_tuple() if self.parent is not None else None], [
+            list(result.as_tuple()) for result in self.results
+        ]
+
+    def save(self) -> None:
+        """Store the member ids (for ``result_expires``) so :meth:`restore` can find them."""
+        self.app.store_result(group_key(self.id), states.SUCCESS, list(self.as_tuple()))
+
+    def delete(self) -> None:
+        """Delete the saved group (not the members' results)."""
+        self.app.result_store.forget(group_key(self.id))
+
+    @classmethod
+    def restore(cls, group_id: str, app: Celeriac | None = None) -> GroupResult | None:
+        """The group saved with :meth:`save`, or ``None``."""
+        if app is None:
+            from .app import current_app
+
+            app = current_app()
+        record = app.result_store.get(group_key(group_id))
+        if record is None:
+            return None
+        restored = result_from_tuple(app.decode_result(record).get("result"), app)
+        return restored if isinstance(restored, GroupResult) else None
+
+
+def group_key(group_id: str) -> str:
+    """The result-store key of a saved group."""
+    return f"celeriac-group-{group_id}"
+
+
+def result_from_tuple(value: Any, app: Celeriac) -> AsyncResult[Any]:
+    """The result handle :meth:`AsyncResult.as_tuple` describes (parents and members too)."""
+    (task_id, parent), members = value
+    parent_result = result_from_tuple(parent, app) if parent else None
+    if members is not None:
+        return GroupResult(task_id, [result_from_tuple(member, app) for member in members], app, parent_result)
+    return AsyncResult(task_id, app, parent=parent_result)
+
+
+def attach_parent(result: AsyncResult[Any], parent: AsyncResult[Any]) -> None:
+    """Make ``parent`` the parent of the earliest result in ``result``'s lineage."""
+    node = result
+    while node.parent is not None:
+        node = node.parent
+    node.parent = parent
+
+
+def first_failure(result: AsyncResult[Any] | None) -> BaseException | None:
+    """The first error in ``result``'s lineage, earliest first (no waiting)."""
+    lineage: list[AsyncResult[Any]] = []
+    node = result
+    while node is not None:
+        lineage.append(node)
+        node = node.parent
+    for ancestor in reversed(lineage):
+        found: BaseException | None = ancestor._failure()
+        if found is not None:
+            return found
+    return None
+
+
+def _as_exception(value: Any) -> BaseException:
+    return value if isinstance(value, BaseException) else TaskRevokedError(str(value))
 
 
 def _value(meta: dict[str, Any]) -> Any:

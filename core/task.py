@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import EllipsisType
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar, overload
 
 from . import states
+from ._exceptions_data import exception_to_data
 from .exceptions import MaxRetriesExceededError, Retry
 
 if TYPE_CHECKING:
     from .app import Celeriac
+    from .canvas import Signature, xmap, xstarmap
+    from .canvas import chunks as chunks_signature
     from .message import TaskMessage
     from .result import AsyncResult, EagerResult
 
-__all__ = ["Request", "SharedTask", "Task", "current_request", "shared_task"]
+__all__ = ["Request", "SharedTask", "Task", "current_request", "exponential_backoff", "shared_task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -118,8 +122,14 @@ class Task(Generic[P, R]):
         max_retries: int | EllipsisType | None = ...,
         default_retry_delay: float | None = None,
         expires: float | None = None,
-        rate_limit: str | None = None,
+        rate_limit: str | float | None = None,
         compression: str | None = None,
+        autoretry_for: Iterable[type[BaseException]] = (),
+        dont_autoretry_for: Iterable[type[BaseException]] = (),
+        retry_kwargs: dict[str, Any] | None = None,
+        retry_backoff: bool | float = False,
+        retry_backoff_max: float = 600.0,
+        retry_jitter: bool = True,
         **extra: Any,
     ) -> None:
         self.app = app
@@ -141,8 +151,22 @@ class Task(Generic[P, R]):
             app.conf.task_default_retry_delay if default_retry_delay is None else default_retry_delay
         )
         self.expires = expires
+        if rate_limit is not None:
+            from .worker._ratelimit import parse_rate
+
+            parse_rate(rate_limit, name)  # a bad limit fails at declaration, not in the worker
         self.rate_limit = rate_limit
         self.compression = compression
+        #: Exceptions that retry the task automatically (``dont_autoretry_for`` wins).
+        self.autoretry_for: tuple[type[BaseException], ...] = tuple(autoretry_for)
+        self.dont_autoretry_for: tuple[type[BaseException], ...] = tuple(dont_autoretry_for)
+        #: Keyword arguments for those automatic ``retry()`` calls (``max_retries``, ``countdown``).
+        self.retry_kwargs: dict[str, Any] = dict(retry_kwargs or {})
+        #: ``True`` or a base in seconds: automatic retries wait ``base * 2**retries`` seconds.
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+        #: Full jitter: the wait is uniform between 0 and the backoff.
+        self.retry_jitter = retry_jitter
         self.options = extra
         self.is_coroutine = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
@@ -221,14 +245,68 @@ class Task(Generic[P, R]):
         task_id: str | None = None,
         retries: int = 0,
         throw: bool | None = None,
+        link: Any = None,
+        link_error: Any = None,
+        chain: Any = None,
         **options: Any,
     ) -> EagerResult[R]:
         """Run the task here, now, as a worker would (request context, signals), returning an
         :class:`~celeriac.EagerResult`. Nothing is stored. ``throw`` (default:
-        ``task_eager_propagates``) re-raises the task's exception."""
+        ``task_eager_propagates``) re-raises the task's exception. ``link`` / ``link_error``
+        (and ``chain``, the rest of a chain in reverse order) run here too."""
         from ._execution import run_eagerly
 
-        return run_eagerly(self, list(args or ()), dict(kwargs or {}), task_id=task_id, retries=retries, throw=throw)
+        embed = None
+        if link is not None or link_error is not None or chain is not None:
+            from .canvas import embed_of
+
+            embed = embed_of(link, link_error, chain)
+        return run_eagerly(
+            self, list(args or ()), dict(kwargs or {}), task_id=task_id, retries=retries, throw=throw, embed=embed
+        )
+
+    # -- signatures ------------------------------------------------------------------------
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of this task with these arguments (more are prepended when it is sent)."""
+        from .canvas import Signature
+
+        return Signature(self, args, kwargs, app=self.app)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: arguments given when it is sent (a parent's result) are ignored."""
+        from .canvas import Signature
+
+        return Signature(self, args, kwargs, immutable=True, app=self.app)
+
+    def signature(
+        self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> Signature:
+        """A signature with execution options: ``add.signature((2, 2), countdown=10)``."""
+        from .canvas import Signature
+
+        immutable = bool(options.pop("immutable", False))
+        return Signature(self, args, kwargs, options, immutable=immutable, app=self.app)
+
+    subtask = signature
+
+    def map(self, it: Iterable[Any]) -> xmap:
+        """One message that returns ``[task(item) for item in it]``."""
+        from .canvas import xmap
+
+        return xmap(self.s(), it, app=self.app)
+
+    def starmap(self, it: Iterable[Any]) -> xstarmap:
+        """One message that returns ``[task(*item) for item in it]``."""
+        from .canvas import xstarmap
+
+        return xstarmap(self.s(), it, app=self.app)
+
+    def chunks(self, it: Iterable[Any], n: int) -> chunks_signature:
+        """``it`` in parts of ``n`` items, each part one :meth:`starmap` message, run as a group."""
+        from .canvas import chunks
+
+        return chunks(self.s(), it, n, app=self.app)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
         from .result import AsyncResult
@@ -248,20 +326,38 @@ class Task(Generic[P, R]):
     ) -> NoReturn:
         """Run this task again later, with the same id and ``retries + 1``; always raises.
 
-        Raises :class:`~celeriac.Retry` (the worker stores ``RETRY`` and acks), or, when
-        ``max_retries`` is reached, re-raises ``exc`` or :class:`MaxRetriesExceededError`.
+        Raises :class:`~celeriac.Retry` (the worker acks; ``RETRY`` with ``exc`` is stored), or,
+        when ``max_retries`` is reached (``None``: never), re-raises ``exc`` or
+        :class:`MaxRetriesExceededError`. The new message goes through the broker's delayed
+        delivery (``countdown``, default ``default_retry_delay``, or ``eta``) and keeps the
+        task's place in its workflow (callbacks, errbacks, the rest of its chain, its chord).
         """
         request = self.request
         limit = self.max_retries if isinstance(max_retries, EllipsisType) else max_retries
         if limit is not None and request.retries >= limit:
             if exc is not None:
                 raise exc
-            raise MaxRetriesExceededError(f"{self.name}[{request.id}] exceeded max_retries={limit}")
+            raise MaxRetriesExceededError(
+                f"cannot retry {self.name}[{request.id}]: it ran {request.retries + 1} times (max_retries={limit})"
+            )
         if eta is None:
             delay = self.default_retry_delay if countdown is None else countdown
             eta = datetime.now(UTC) + timedelta(seconds=delay)
+            when = f"{delay:g}s"
+        else:
+            when = eta.isoformat()
+        retry = Retry(
+            f"Retry in {when}: {exc!r}" if exc is not None else f"Retry in {when}", exc=exc, when=eta.timestamp()
+        )
         if request.is_eager:
-            raise Retry(exc=exc, when=eta.timestamp())
+            raise retry
+        from ._workflow import ignores_result
+
+        if not ignores_result(self.app, self, request):
+            # Stored before the new message exists: a fast retry must not be overwritten later.
+            self.app.store_result(request.id, states.RETRY, exception_to_data(exc or retry), request=request)
+            retry.stored = True
+        embed = request.embed
         self.app.send_task(
             self.name,
             request.args if args is None else args,
@@ -274,9 +370,30 @@ class Task(Generic[P, R]):
             queue=options.pop("queue", request.queue),
             priority=options.pop("priority", request.priority),
             headers=request.headers or None,
+            link=embed.get("callbacks"),
+            link_error=embed.get("errbacks"),
+            chain=embed.get("chain"),
+            chord=embed.get("chord"),
+            group_id=request.group,
+            group_index=request.group_index,
             **options,
         )
-        raise Retry(exc=exc, when=eta.timestamp())
+        raise retry
+
+    def autoretry_options(self, retries: int) -> dict[str, Any]:
+        """The ``retry()`` arguments for an automatic retry after ``retries`` earlier ones."""
+        options = dict(self.retry_kwargs)
+        if self.retry_backoff:
+            base = 1.0 if self.retry_backoff is True else float(self.retry_backoff)
+            options["countdown"] = exponential_backoff(base, retries, self.retry_backoff_max, self.retry_jitter)
+        return options
+
+    def should_autoretry(self, exc: BaseException) -> bool:
+        return (
+            bool(self.autoretry_for)
+            and isinstance(exc, self.autoretry_for)
+            and not (self.dont_autoretry_for and isinstance(exc, self.dont_autoretry_for))
+        )
 
     def update_state(self, task_id: str | None = None, state: str = states.STARTED, meta: Any = None) -> None:
         """Store a custom state (``PROGRESS``) with ``meta`` for the running task (or ``task_id``)."""
@@ -284,6 +401,13 @@ class Task(Generic[P, R]):
         if not target:
             raise RuntimeError(f"{self.name}.update_state() needs a task_id outside a running task")
         self.app.store_result(target, state, meta, request=self.request if not task_id else None)
+
+
+def exponential_backoff(base: float, retries: int, maximum: float, jitter: bool = True) -> float:
+    """Seconds before retry number ``retries + 1``: ``min(maximum, base * 2**retries)``, or with
+    ``jitter`` (full jitter) a uniform random value between 0 and that."""
+    delay = min(float(maximum), float(base) * 2.0 ** min(retries, 64))
+    return random.uniform(0.0, delay) if jitter else delay
 
 
 # -- shared tasks ----------------------------------------------------------------------------

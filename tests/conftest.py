@@ -34,3 +34,9 @@ def app() -> Iterator[Celeriac]:
 @pytest.fixture(autouse=True)
 def _quiet_worker_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="celeriac")
+
+
+@pytest.fixture(autouse=True)
+def _run_in_a_temporary_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default broker is ``sqlite:///celeriac.db`` in the working directory: keep it out of the checkout."""
+    monkeypatch.chdir(tmp_path)

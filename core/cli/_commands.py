@@ -214,42 +214,68 @@ def config(show_all: bool, as_json: bool) -> None:
             click.echo(f"    {setting.doc} (env: {setting.env_var})")
 
 
-# -- demo -----------------------------------------------------------------------------------
+# -- demo ---------------------------------------------------------------------------------
 
 
 @cli.command()
-@click.option("-n", "--count", type=click.IntRange(1, 100_000), default=20, help="How many tasks to send.")
-def demo(count: int) -> None:
-    """Run a worker and a client in this process on the embedded broker and print results."""
+@click.option("-n", "--count", type=click.IntRange(1, 100_000), default=20, help="How many add tasks to send.")
+@click.option("-c", "--concurrency", type=click.IntRange(1, 64), default=2, help="Worker threads.")
+def demo(count: int, concurrency: int) -> None:
+    """Start a worker process and send it tasks through an SQLite file; print the results."""
+    import os
+    import signal
+    import subprocess
+    import tempfile
     import time
 
-    from ..app import Celeriac
-    from ..testing import start_worker
+    with tempfile.TemporaryDirectory(prefix="celeriac-demo-") as directory:
+        url = f"sqlite:///{directory}/demo.db"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CELERIAC_")}
+        env |= {"CELERIAC_BROKER_URL": url, "CELERIAC_RESULT_STORE": url}
+        os.environ.update({"CELERIAC_BROKER_URL": url, "CELERIAC_RESULT_STORE": url})
+        from .. import demo as tasks
 
-    app = Celeriac("demo", broker_url="memory://celeriac-demo", result_store="memory://celeriac-demo", environ={})
-    logging.basicConfig(level=logging.WARNING, format="  worker log: %(message)s")
-
-    @app.task(name="demo.add")
-    def add(x: int, y: int) -> int:
-        return x + y
-
-    @app.task(name="demo.divide")
-    def divide(x: float, y: float) -> float:
-        return x / y
-
-    click.echo(f"worker: {app.conf.worker_pool} pool, 4 threads, broker memory://celeriac-demo")
-    with start_worker(app, pool="threads", concurrency=4):
-        started = time.perf_counter()
-        results = [add.delay(i, i) for i in range(count)]
-        values = [r.get(timeout=30) for r in results]
-        elapsed = time.perf_counter() - started
-        click.echo(f"sent {count} add tasks; results: {values[:10]}{' ...' if count > 10 else ''}")
-        click.echo(f"round trip for all {count}: {elapsed * 1000:.1f} ms")
-        failing = divide.delay(1, 0)
+        click.echo(f"broker and results: {url}")
+        command = [
+            sys.executable,
+            "-m",
+            "celeriac",
+            "-A",
+            "celeriac.demo:app",
+            "worker",
+            "-c",
+            str(concurrency),
+            "-l",
+            "WARNING",
+        ]
+        click.echo(f"worker process: celeriac -A celeriac.demo:app worker -c {concurrency}")
+        worker = subprocess.Popen(command, env=env, cwd=directory, stdin=subprocess.DEVNULL)
         try:
-            failing.get(timeout=30)
-        except ZeroDivisionError as exc:
-            click.echo(f"divide(1, 0) failed on the worker and re-raised here: ZeroDivisionError: {exc}")
-        delayed = add.apply_async((40, 2), countdown=0.5)
-        click.echo(f"add(40, 2) with countdown=0.5s -> {delayed.get(timeout=30)} ({delayed.state})")
-    app.close()
+            started = time.perf_counter()
+            results = [tasks.add.delay(i, i) for i in range(count)]
+            values = [r.get(timeout=60) for r in results]
+            elapsed = time.perf_counter() - started
+            click.echo(f"client: sent {count} add tasks; results {values[:10]}{' ...' if count > 10 else ''}")
+            click.echo(f"client: all {count} results back in {elapsed * 1000:.0f} ms (including worker start-up)")
+            failing = tasks.divide.delay(1, 0)
+            try:
+                failing.get(timeout=60)
+            except ZeroDivisionError as exc:
+                click.echo(f"client: divide(1, 0) failed in the worker and re-raised here: ZeroDivisionError: {exc}")
+            delayed = tasks.add.apply_async((40, 2), countdown=0.5)
+            click.echo(f"client: add(40, 2) with countdown=0.5s -> {delayed.get(timeout=60)} ({delayed.state})")
+            squares = [tasks.slow_square.delay(i) for i in range(4)]
+            click.echo(
+                f"client: slow_square x4 on {concurrency} worker threads -> {[r.get(timeout=60) for r in squares]}"
+            )
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                code = worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                code = worker.wait()
+            tasks.app.close()
+            for key in ("CELERIAC_BROKER_URL", "CELERIAC_RESULT_STORE"):
+                os.environ.pop(key, None)
+        click.echo(f"worker process stopped (exit code {code})")

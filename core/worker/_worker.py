@@ -6,6 +6,7 @@ Flow of one message::
                          │      (unknown task)              ─► dead-letter + task_unknown + FAILURE stored
                          │      (revoked / expired)         ─► REVOKED stored + ack + task_revoked
                          │      (ETA in the future)         ─► re-published delayed + ack
+                         │      (rate limit: must wait)     ─► re-published delayed to its slot + ack
                          ▼
                       reserved ─► pool (never more than pool.size at once) ─► store result ─► ack
 
@@ -13,6 +14,11 @@ At most ``pool.size * prefetch_multiplier`` messages are held (reserved + runnin
 keeper extends the broker lease of held messages when the transport needs it, so long tasks
 are not redelivered while they run. Warm shutdown stops fetching, hands reserved messages
 back, and waits for running tasks; cold shutdown hands everything back at once.
+
+Workflows (:mod:`celeriac._workflow`): callbacks and the next chain step are sent by the pool
+right after a task succeeds; once a result is stored (and before the ack) the settler counts
+chord parts, and a task that failed, was revoked, rejected, ignored or dead-lettered fails the
+rest of its chain and its chord. Rate limits: :mod:`celeriac.worker._ratelimit`.
 """
 
 from __future__ import annotations
@@ -31,14 +37,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .. import states
-from .._envelope import Delivery
+from .. import _workflow, states
+from .._envelope import Delivery, Envelope
 from .._exceptions_data import exception_to_data
 from .._execution import IGNORED, REJECTED, Outcome, execute
 from ..exceptions import ContentDisallowed, DecodeError, NotRegistered, WorkerLostError
 from ..pool import Pool, TimeLimits
 from ..resultstore import ResultRecord
 from ..task import Request, Task
+from ._ratelimit import RATE_SLOT_HEADER, RateLimits
 
 if TYPE_CHECKING:
     from ..app import Celeriac
@@ -106,6 +113,7 @@ class Worker:
         self.pool_options = dict(conf.worker_pool_options if pool_options is None else pool_options)
         self.stats = WorkerStats()
         self.revoked: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self.rate_limits = RateLimits()
         self.exitcode = 0
         self.pool: Pool | None = None
         self.transport: Transport | None = None
@@ -288,6 +296,7 @@ class Worker:
                 except Exception as exc:  # a bug here must not lose the message or stop the worker
                     logger.exception("internal error handling a message from %s", delivery.queue)
                     self._safely(self.transport.dead_letter, delivery, f"internal error: {exc!r}")
+                    self._safely(_workflow.after_dead_letter, self.app, delivery.envelope.headers, repr(exc))
 
     def _dispatchable(self) -> bool:
         """Reserved jobs wait and the pool has a free slot (call with ``_cond`` held)."""
@@ -305,6 +314,7 @@ class Worker:
             self.stats.rejected += 1
             logger.warning("dead-lettered a message from %s: %s", delivery.queue, exc)
             transport.dead_letter(delivery, str(exc))
+            self._safely(_workflow.after_dead_letter, app, envelope.headers, str(exc))
             app.plugins.task_rejected(app, envelope, exc)
             return
         try:
@@ -314,8 +324,11 @@ class Worker:
             logger.warning("dead-lettered %s[%s] from %s: %s", message.task, message.id, delivery.queue, exc)
             transport.dead_letter(delivery, str(exc))
             self._safely(app.store_result, message.id, states.FAILURE, exception_to_data(exc))
+            unknown = Request.from_message(message, queue=delivery.queue, hostname=self.hostname)
+            self._safely(_workflow.after_settled, app, unknown, states.FAILURE, exception_to_data(exc))
             app.plugins.task_unknown(app, envelope, exc, message.task, message.id)
             return
+        rate_slot = message.extra_headers.pop(RATE_SLOT_HEADER, None)
         request = Request.from_message(
             message,
             queue=delivery.queue,
@@ -334,6 +347,11 @@ class Worker:
             transport.publish(envelope, delivery.queue, eta=message.eta.timestamp())
             transport.ack(delivery)
             return
+        if task.rate_limit:
+            wait = self.rate_limits.admit(task.name, task.rate_limit, rate_slot)
+            if wait is not None:
+                self._defer(delivery, *wait)
+                return
         acks_late = task.acks_late if task.acks_late is not None else app.conf.task_acks_late
         hard, soft = message.timelimit
         hard = hard if hard is not None else app.conf.task_time_limit
@@ -347,6 +365,26 @@ class Worker:
         with self._cond:
             self._reserved.append(job)
             self._held += 1
+
+    def _defer(self, delivery: Delivery, when: float, slot: str) -> None:
+        """Rate limit: publish the message again to arrive at ``when`` (its reserved start),
+        then ack this delivery; it holds no prefetch and no pool slot while it waits."""
+        assert self.transport is not None
+        envelope = delivery.envelope
+        deferred = Envelope(
+            envelope.body,
+            envelope.content_type,
+            envelope.content_encoding,
+            {**envelope.headers, RATE_SLOT_HEADER: slot},
+            dict(envelope.properties),
+        )
+        try:
+            self.transport.publish(deferred, delivery.queue, eta=when)
+        except Exception as exc:
+            logger.error("cannot delay a rate-limited message (%s); it goes back to the queue", exc)
+            self._safely(self.transport.reject, delivery, requeue=True)
+            return
+        self.transport.ack(delivery)
 
     def _revoke(self, request: Request, delivery: Delivery, *, expired: bool) -> None:
         assert self.transport is not None
@@ -364,6 +402,7 @@ class Worker:
             },
             request=request,
         )
+        self._safely(_workflow.after_settled, self.app, request, states.REVOKED, reason)
         self.transport.ack(delivery)
         self.app.plugins.task_revoked(self.app, request, terminated=False, signum=None, expired=expired)
 
@@ -454,7 +493,7 @@ class Worker:
         app = self.app
         transport = self.transport
         assert transport is not None
-        records: list[tuple[_Job, ResultRecord]] = []
+        records: list[tuple[_Job, ResultRecord, Outcome]] = []
         acks: list[_Job] = []
         for job, outcome in batch:
             if isinstance(outcome, BaseException):
@@ -469,28 +508,53 @@ class Worker:
                     self._safely(transport.reject, job.delivery, requeue=True)
                 else:
                     self._safely(transport.dead_letter, job.delivery, f"rejected by task: {outcome.value}")
+                    self._carry_on(job, outcome)
                 continue
-            if outcome.state != IGNORED and not self._ignores_result(task, request):
+            already_stored = outcome.stored  # task.retry() stores RETRY before publishing the retry
+            if outcome.state != IGNORED and not already_stored and not self._ignores_result(task, request):
                 record = app.encode_result(
                     request.id, outcome.state, outcome.value, traceback=outcome.traceback, request=request
                 )
-                records.append((job, record))
-            elif job.acks_late:
-                acks.append(job)
+                records.append((job, record, outcome))
+            else:
+                self._settled(job, self._carry_on(job, outcome), acks)
         if records:
             try:
-                app.result_store.set_many([record for _, record in records], expires=app.conf.result_expires)
+                app.result_store.set_many([record for _, record, _ in records], expires=app.conf.result_expires)
             except Exception as exc:
                 logger.error(
                     "could not store %d result(s) (%s); their messages go back to the queue", len(records), exc
                 )
-                for job, _ in records:
+                for job, _, _ in records:
                     if job.acks_late:
                         self._safely(transport.reject, job.delivery, requeue=True)
             else:
-                acks.extend(job for job, _ in records if job.acks_late)
+                for job, _, outcome in records:
+                    self._settled(job, self._carry_on(job, outcome), acks)
         if acks:
             self._safely(transport.ack_many, [job.delivery for job in acks])
+
+    def _carry_on(self, job: _Job, outcome: Outcome) -> bool:
+        """Carry the job's workflow on (chord counting, failing the rest of a chain); False if
+        that failed and the message should be delivered again."""
+        if not _workflow.involved(job.request):
+            return True
+        value = outcome.value
+        try:
+            _workflow.after_settled(self.app, job.request, outcome.state, value)
+        except Exception:
+            logger.exception("could not carry on the workflow of %s[%s]", job.task.name, job.request.id)
+            return False
+        return True
+
+    def _settled(self, job: _Job, carried_on: bool, acks: list[_Job]) -> None:
+        if not job.acks_late:
+            return
+        if carried_on:
+            acks.append(job)
+        else:
+            assert self.transport is not None
+            self._safely(self.transport.reject, job.delivery, requeue=True)
 
     def _log_outcome(self, job: _Job, outcome: Outcome) -> None:
         name, task_id, state = job.task.name, job.request.id, outcome.state
@@ -506,11 +570,7 @@ class Worker:
             logger.info("Task %s[%s] retry: %s", name, task_id, _exception_line(outcome))
 
     def _ignores_result(self, task: Task[..., Any], request: Request) -> bool:
-        if request.ignore_result:
-            return True
-        if task.ignore_result is not None:
-            return task.ignore_result
-        return bool(self.app.conf.task_ignore_result)
+        return _workflow.ignores_result(self.app, task, request)
 
     def _settle_lost(self, job: _Job, exc: BaseException) -> None:
         assert self.transport is not None
@@ -521,6 +581,7 @@ class Worker:
             else:
                 logger.error("%s[%s] failed in the pool: %r", job.task.name, job.request.id, exc)
                 self.app.store_result(job.request.id, states.FAILURE, exception_to_data(exc), request=job.request)
+                _workflow.after_settled(self.app, job.request, states.FAILURE, exception_to_data(exc))
                 if job.acks_late:
                     self.transport.ack(job.delivery)
         except Exception:
@@ -558,6 +619,7 @@ class Worker:
             "total": dict(self.stats.total),
             "active": active,
             "reserved": reserved,
+            "rate_limited": self.rate_limits.deferred,
             "uptime": time.time() - self.stats.started_at,
         }
 

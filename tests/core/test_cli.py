@@ -66,6 +66,7 @@ def test_plugins_lists_name_version_source_hooks(in_tmp: Path, capsys: pytest.Ca
 
 
 def test_call_refuses_a_process_local_broker_without_a_worker(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (in_tmp / "celeriac.toml").write_text('[celeriac]\nbroker_url = "memory://"\n')
     code, _, err = run(["call", "x.y"], capsys)
     assert code == 1
     assert "only reaches workers inside this process" in err
@@ -109,12 +110,46 @@ def test_bad_app_spec(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "-A/--app: cannot import 'no_such_module_q'" in err
 
 
-def test_demo_runs(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.timeout(90)
+def test_demo_runs_a_worker_process_through_sqlite(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["demo", "-n", "5"], capsys)
     assert code == 0
-    assert "results: [0, 2, 4, 6, 8]" in out
+    assert "broker and results: sqlite:///" in out
+    assert "results [0, 2, 4, 6, 8]" in out
     assert "ZeroDivisionError" in out
     assert "-> 42 (SUCCESS)" in out
+    assert "slow_square x4 on 2 worker threads -> [0, 1, 4, 9]" in out
+    assert "worker process stopped (exit code 0)" in out
+
+
+def test_call_and_result_between_processes_with_the_default_config(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No config at all: `celeriac call` reaches a `celeriac worker` process through ./celeriac.db."""
+    import subprocess
+    import sys
+
+    (in_tmp / "defaulttasks.py").write_text(
+        "from celeriac import shared_task\n\n@shared_task(name='defaults.mul')\ndef mul(x, y):\n    return x * y\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("CELERIAC_")}
+    env["CELERIAC_IMPORTS"] = "defaulttasks"
+    worker = subprocess.Popen(
+        [str(Path(sys.executable).with_name("celeriac")), "worker", "-c", "1"],
+        cwd=in_tmp,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        code, out, err = run(["call", "defaults.mul", "--args", "[6, 7]", "--wait", "--timeout", "30"], capsys)
+        assert (code, out.strip()) == (0, "42"), err
+        assert (in_tmp / "celeriac.db").exists()
+    finally:
+        worker.terminate()
+        _, stderr = worker.communicate(timeout=30)
+    assert worker.returncode == 0, stderr
 
 
 def test_plugin_cli_command_from_config(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
