@@ -132,6 +132,8 @@ class Worker:
         self._settler: threading.Thread | None = None
         self._prefetch_sent = 0
         self._signals_received = 0
+        self._started = False
+        self._pending_signal: int | None = None
 
     def __repr__(self) -> str:
         return f"<Worker {self.hostname} pool={self.pool_name}x{self.concurrency} queues={','.join(self.queues)}>"
@@ -178,15 +180,22 @@ class Worker:
 
     def run(self) -> int:
         """Start, then block until stopped by a signal or :meth:`stop`; returns the exit code."""
-        self.start()
         if threading.current_thread() is threading.main_thread():
+            # before start(): a signal that arrives while starting must not kill the process
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
+        self.start()
+        self._started = True
+        if self._pending_signal is not None:  # arrived while starting: handle it now
+            self._on_signal(self._pending_signal, None)
         while not self._stopped.wait(0.5):
             pass
         return self.exitcode
 
     def _on_signal(self, signum: int, frame: object) -> None:
+        if not self._started:
+            self._pending_signal = signum
+            return
         name = signal.Signals(signum).name
         self._signals_received += 1
         if self._signals_received == 1:
