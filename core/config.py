@@ -145,12 +145,22 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
     _s("imports", "list", [], "Modules that define tasks; imported by the worker and the CLI."),
     _s("plugins", "list", [], "Extra plugin modules to register (`proj.signals`)."),
     _s("disable_plugins", "list", [], "Installed plugins (entry-point names) not to load."),
-    _s("broker_url", "str", "sqlite:///celeriac.db", "Where task messages go (`sqlite:///celeriac.db`, `redis://...`).",
-       secret=True),
+    _s(
+        "broker_url",
+        "str",
+        "sqlite:///celeriac.db",
+        "Where task messages go (`sqlite:///celeriac.db`, `redis://...`).",
+        secret=True,
+    ),
     _s("broker_transport_options", "dict", {}, "Transport options, e.g. `visibility_timeout`."),
     _s("broker_publish_timeout", "float", 10.0, "Seconds a publish may take before it fails."),
-    _s("result_store", "str", "sqlite:///celeriac.db", "Where results go (`sqlite:///celeriac.db`, `redis://...`).",
-       secret=True),
+    _s(
+        "result_store",
+        "str",
+        "sqlite:///celeriac.db",
+        "Where results go (`sqlite:///celeriac.db`, `redis://...`).",
+        secret=True,
+    ),
     _s("result_store_options", "dict", {}, "Result-store options."),
     _s("result_expires", "float", 86400.0, "Seconds results are kept (None: forever)."),
     _s("result_serializer", "str", "json", "Serializer of stored results."),
@@ -339,9 +349,7 @@ class Config(Mapping[str, Any]):
     def masked(self) -> dict[str, Any]:
         """Values with secrets masked, for display: passwords inside URLs, and the whole value
         of other secret settings (keys), list items included."""
-        return {
-            name: _mask(value) if self._settings[name].secret else value for name, value in self._values.items()
-        }
+        return {name: _mask(value) if self._settings[name].secret else value for name, value in self._values.items()}
 
 
 def _mask(value: Any) -> Any:
