@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import click
@@ -31,6 +32,11 @@ def _json_option(text: str | None, option: str, expected: type, example: str) ->
     if not isinstance(value, expected):
         raise HandledError(f"{option}: expected a JSON {expected.__name__}, e.g. {example}")
     return value
+
+
+def _user_tasks(names: Iterable[str]) -> list[str]:
+    """Task names without the built-ins (``celery.*``, ``celeriac.*``), as Celery's banner shows them."""
+    return sorted(name for name in names if not name.startswith(("celery.", "celeriac.")))
 
 
 def _to_json(value: Any) -> str:
@@ -68,7 +74,7 @@ def worker(
     )
     click.echo(
         f"celeriac {node.hostname}: broker {app.conf.masked()['broker_url']}, pool {node.pool_name}, "
-        f"queues {','.join(node.queues)}, tasks: {', '.join(sorted(app.tasks)) or 'none'}",
+        f"queues {','.join(node.queues)}, tasks: {', '.join(_user_tasks(app.tasks)) or 'none'}",
         err=True,
     )
     sys.exit(node.run())
