@@ -37,8 +37,28 @@ def memory_store(request: pytest.FixtureRequest, unique: str) -> MakeStore:
     return _via_plugin(f"memory://rs-{unique}")
 
 
+def sqlite_store(request: pytest.FixtureRequest, unique: str) -> MakeStore:
+    """``sqlite:///<tmp_path>/results-<unique>.db``: a fresh file per test."""
+    tmp_path = request.getfixturevalue("tmp_path")
+    return _via_plugin(f"sqlite:///{tmp_path / f'results-{unique}.db'}")
+
+
+def redis_store(request: pytest.FixtureRequest, unique: str) -> MakeStore:
+    """``redis://127.0.0.1:6379/14`` with key prefix ``rs-<unique>:``, deleted afterwards."""
+    import functools
+
+    from celeriac.plugins.redis import _testing
+
+    url, prefix = _testing.server_url(14), f"rs-{unique}:"
+    _testing.require_server(url)
+    request.addfinalizer(functools.partial(_testing.delete_keys, url, prefix))
+    return _via_plugin(f"{url}?global_keyprefix={prefix}")
+
+
 STORES = [
     pytest.param(memory_store, id="memory"),
+    pytest.param(redis_store, id="redis"),
+    pytest.param(sqlite_store, id="sqlite"),
 ]
 
 
