@@ -376,6 +376,7 @@ class Task(Generic[P, R]):
             chord=embed.get("chord"),
             group_id=request.group,
             group_index=request.group_index,
+            reply_to=options.pop("reply_to", request.reply_to),
             **options,
         )
         raise retry

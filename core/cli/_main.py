@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..exceptions import ConfigError, HandledError
+from ..exceptions import ConfigError, HandledError, TransportError
 
 if TYPE_CHECKING:
     from ..app import Celeriac
@@ -127,6 +127,9 @@ def main(argv: list[str] | None = None) -> None:
     except HandledError as exc:
         click.echo(f"celeriac: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except TransportError as exc:  # the broker is unreachable: say so in one line
+        click.echo(f"celeriac: {exc}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

@@ -332,8 +332,8 @@ class Worker:
             self.stats.rejected += 1
             logger.warning("dead-lettered %s[%s] from %s: %s", message.task, message.id, delivery.queue, exc)
             transport.dead_letter(delivery, str(exc))
-            self._safely(app.store_result, message.id, states.FAILURE, exception_to_data(exc))
             unknown = Request.from_message(message, queue=delivery.queue, hostname=self.hostname)
+            self._safely(app.store_result, message.id, states.FAILURE, exception_to_data(exc), request=unknown)
             self._safely(_workflow.after_settled, app, unknown, states.FAILURE, exception_to_data(exc))
             app.plugins.task_unknown(app, envelope, exc, message.task, message.id)
             return

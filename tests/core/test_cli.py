@@ -170,3 +170,14 @@ def test_plugin_cli_command_from_config(in_tmp: Path, capsys: pytest.CaptureFixt
         sys.path.remove(str(in_tmp))
         sys.modules.pop("cmdplugin", None)
     assert (code, out.strip()) == (0, "hello from a plugin")
+
+
+def test_an_unreachable_broker_is_one_line(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (in_tmp / "celeriac.toml").write_text(
+        '[celeriac]\nbroker_url = "redis://127.0.0.1:1/0"\nresult_store = "memory://"\nbroker_publish_timeout = 0.5\n'
+    )
+    code, out, err = run(["call", "x.y"], capsys)
+    assert (code, out) == (1, "")
+    assert err.startswith("celeriac: ")
+    assert len(err.strip().splitlines()) == 1
+    assert "127.0.0.1:1" in err

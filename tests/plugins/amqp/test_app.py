@@ -75,11 +75,6 @@ def test_an_unknown_task_is_dead_lettered_and_fails(app: Celeriac) -> None:
     app.transport.ack(dead)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernel: Task.retry() re-sends without the request's reply_to, so with rpc:// the final "
-    "result goes to the worker's own reply queue instead of the caller's",
-)
 def test_a_retried_task_answers_its_caller_over_rpc(amqp_url: str) -> None:
     queue = f"app-{uuid.uuid4().hex}"
     settings = {"broker_url": amqp_url, "result_store": "rpc://", "task_default_queue": queue}
@@ -105,11 +100,6 @@ def test_a_retried_task_answers_its_caller_over_rpc(amqp_url: str) -> None:
         _testing.delete_queues(amqp_url, queue)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernel: the worker stores FAILURE(NotRegistered) without the message's reply_to, so rpc:// "
-    "cannot send it to the caller",
-)
 def test_an_unknown_task_answers_its_caller_over_rpc(amqp_url: str) -> None:
     queue = f"app-{uuid.uuid4().hex}"
     settings = {"broker_url": amqp_url, "result_store": "rpc://", "task_default_queue": queue}
