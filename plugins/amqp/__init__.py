@@ -84,7 +84,7 @@ _MISSING_EXTRA = "the amqp transport needs the 'amqp' extra: pip install 'celeri
 
 def _require_kombu() -> None:
     try:
-        import amqp  # type: ignore[import-untyped]  # noqa: F401
+        import amqp  # noqa: F401
         import kombu  # noqa: F401
     except ImportError as exc:
         raise celeriac.PluginError(_MISSING_EXTRA) from exc

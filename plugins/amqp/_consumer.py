@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import amqp  # type: ignore[import-untyped]
+import amqp
 from amqp import spec as amqp_spec
 
 from ._link import IO_ERRORS, Declarer, Link, open_channel

@@ -18,7 +18,7 @@ from decimal import Decimal
 from struct import Struct
 from typing import Any
 
-import amqp  # type: ignore[import-untyped]
+import amqp
 from amqp import spec
 
 __all__ = ["FastMessage", "decode_basic_properties", "frame_handler"]

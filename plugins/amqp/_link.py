@@ -31,7 +31,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-import amqp  # type: ignore[import-untyped]
+import amqp
 import celeriac
 from kombu.connection import Connection as KombuConnection
 

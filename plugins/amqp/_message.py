@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-import amqp  # type: ignore[import-untyped]
+import amqp
 import celeriac
 
 from ._topology import DELAY_HEADER_PREFIX, DELAY_PREFIX

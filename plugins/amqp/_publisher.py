@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import amqp  # type: ignore[import-untyped]
+import amqp
 import celeriac
 
 from ._link import IO_ERRORS, Declarer, Link, describe, open_channel

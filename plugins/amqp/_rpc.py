@@ -35,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-import amqp  # type: ignore[import-untyped]
+import amqp
 import celeriac
 
 from ._consumer import Consumer, ConsumerSpec

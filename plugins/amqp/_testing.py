@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Iterator
 from urllib.parse import quote
 
-import amqp  # type: ignore[import-untyped]
+import amqp
 
 __all__ = ["broker_lock", "delete_queues", "require_server", "server_url", "test_vhost"]
 

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
-import amqp  # type: ignore[import-untyped]
+import amqp
 import celeriac
 
 from ._consumer import Consumer, ConsumerSpec
