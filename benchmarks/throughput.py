@@ -13,7 +13,8 @@ Each broker is paired with a result store of the same kind (``memory://`` with a
 store; other URLs with the same URL, e.g. ``redis://`` results in the same Redis), unless
 ``--result-store`` gives one per broker. Prints one JSON object per line (machine-readable):
 one per (broker, pool) scenario, then a ``ratios`` line comparing every scenario with the
-first. Fields:
+first, and with ``--ceiling`` the plain-client ceiling of each Redis/AMQP broker measured in
+the same run with celeriac's figures as a fraction of it. Fields:
 
 * ``publish_per_s`` — messages published per second by one client thread (``apply_async``);
 * ``drain_per_s``   — tasks run per second by the worker from a pre-filled queue, results
@@ -136,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--latency-samples", type=int, default=500)
     parser.add_argument("--prefetch-multiplier", type=int, default=1)
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also run the plain-client ceiling (benchmarks/redis_ceiling.py, amqp_ceiling.py) for redis/amqp "
+        "brokers in this run and print celeriac's figures as a fraction of it",
+    )
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     brokers = options.broker or ["memory://"]
@@ -165,7 +172,61 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows
     }
     sys.stdout.write(json.dumps({"benchmark": "throughput", "baseline": label, "ratios": ratios}) + "\n")
+    if options.ceiling:
+        for broker in dict.fromkeys(brokers):
+            ceiling = run_ceiling(broker, options.tasks, options.latency_samples)
+            if ceiling is None:
+                continue
+            sys.stdout.write(json.dumps(ceiling) + "\n")
+            scheme = broker.split("://")[0]
+            for row in rows:
+                if row["broker"] == scheme:
+                    fraction = {
+                        "benchmark": "throughput_vs_ceiling",
+                        "broker": scheme,
+                        "pool": f"{row['pool']}x{row['concurrency']}",
+                        "drain_vs_ceiling": round(row["drain_per_s"] / ceiling["drain_per_s"], 2),
+                        "publish_vs_ceiling": round(row["publish_per_s"] / ceiling["publish_per_s"], 2),
+                        "p50_latency_vs_ceiling": round(row["latency_ms"]["p50"] / ceiling["p50_ms"], 2),
+                    }
+                    sys.stdout.write(json.dumps(fraction) + "\n")
     return 0
+
+
+def run_ceiling(broker: str, messages: int, samples: int) -> dict[str, Any] | None:
+    """Run the plain-client ceiling script for ``broker`` and boil its output down to one row."""
+    import subprocess
+    from pathlib import Path
+
+    scheme = broker.split("://")[0]
+    script = {"redis": "redis_ceiling.py", "rediss": "redis_ceiling.py", "amqp": "amqp_ceiling.py"}.get(scheme)
+    if script is None:
+        return None
+    command = [
+        sys.executable,
+        str(Path(__file__).with_name(script)),
+        "--url",
+        broker,
+        "--messages",
+        str(messages),
+        "--latency-samples",
+        str(samples),
+    ]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600).stdout
+    merged: dict[str, Any] = {}
+    for line in output.splitlines():
+        if line.startswith("{"):
+            merged.update(json.loads(line))
+    latency = merged.get("round_trip_ms") or merged.get("latency_ms") or {}
+    return {
+        "benchmark": "ceiling",
+        "broker": scheme,
+        "client": merged.get("client", "redis-py"),
+        "publish_per_s": merged.get("push_per_s") or merged.get("publish_per_s"),
+        "drain_per_s": merged.get("pop_blocking_per_s") or merged.get("drain_per_s"),
+        "p50_ms": latency.get("p50"),
+        "raw": merged,
+    }
 
 
 if __name__ == "__main__":
