@@ -351,7 +351,23 @@ class _Workflow(Signature):
         raise NotImplementedError
 
 
-class chain(_Workflow):  # noqa: N801 - Celery's name
+class _TaskList(_Workflow):
+    """A workflow whose ``kwargs["tasks"]`` is a list of signatures (chain, group)."""
+
+    @classmethod
+    def _from_mapping(cls, data: Mapping[str, Any], app: Celeriac | None) -> Signature:
+        sig = cls.__new__(cls)
+        Signature.__init__(sig, data, app=app)
+        sig.kwargs["tasks"] = [_sig(task, app) for task in sig.kwargs.get("tasks") or ()]
+        return sig
+
+    @property
+    def tasks(self) -> list[Signature]:
+        tasks: list[Signature] = self.kwargs["tasks"]
+        return tasks
+
+
+class chain(_TaskList):  # noqa: N801 - Celery's name
     """Tasks run one after the other, each result prepended to the next task's arguments.
 
     ``chain(a, b, c)``, ``chain([a, b, c])`` or ``a | b | c``. The result is the last task's
@@ -372,18 +388,6 @@ class chain(_Workflow):  # noqa: N801 - Celery's name
                 steps.append(sig)
         super().__init__("celery.chain", (), {"tasks": _upgrade_groups(steps, app)}, options, app=app)
         self["subtask_type"] = "chain"
-
-    @classmethod
-    def _from_mapping(cls, data: Mapping[str, Any], app: Celeriac | None) -> Signature:
-        sig = cls.__new__(cls)
-        Signature.__init__(sig, data, app=app)
-        sig.kwargs["tasks"] = [_sig(task, app) for task in sig.kwargs.get("tasks") or ()]
-        return sig
-
-    @property
-    def tasks(self) -> list[Signature]:
-        tasks: list[Signature] = self.kwargs["tasks"]
-        return tasks
 
     def __repr__(self) -> str:
         return " | ".join(repr(task) for task in self.tasks) if self.tasks else "chain()"
@@ -464,7 +468,7 @@ class chain(_Workflow):  # noqa: N801 - Celery's name
         return previous
 
 
-class group(_Workflow):  # noqa: N801 - Celery's name
+class group(_TaskList):  # noqa: N801 - Celery's name
     """Tasks run in parallel: ``group(a, b)``, ``group([a, b])``, ``group(gen)``.
 
     Arguments given when it is sent go to every member. The result is a
@@ -486,18 +490,6 @@ class group(_Workflow):  # noqa: N801 - Celery's name
                 members.append(sig)
         super().__init__("celery.group", (), {"tasks": members}, options, app=app)
         self["subtask_type"] = "group"
-
-    @classmethod
-    def _from_mapping(cls, data: Mapping[str, Any], app: Celeriac | None) -> Signature:
-        sig = cls.__new__(cls)
-        Signature.__init__(sig, data, app=app)
-        sig.kwargs["tasks"] = [_sig(task, app) for task in sig.kwargs.get("tasks") or ()]
-        return sig
-
-    @property
-    def tasks(self) -> list[Signature]:
-        tasks: list[Signature] = self.kwargs["tasks"]
-        return tasks
 
     def __repr__(self) -> str:
         return f"group([{', '.join(repr(task) for task in self.tasks)}])"
