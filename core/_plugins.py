@@ -199,6 +199,18 @@ class PluginHost:
     def cli_commands(self) -> list[click.Command]:
         return [command for batch in self.pm.hook.celeriac_cli_commands() for command in batch]
 
+    def worker_options(self) -> list[click.Option]:
+        return [option for batch in reversed(self.pm.hook.celeriac_worker_options()) for option in batch]
+
+    def control_commands(self) -> dict[str, Callable[..., Any]]:
+        commands: dict[str, Callable[..., Any]] = {}
+        for batch in reversed(self.pm.hook.celeriac_control_commands()):
+            commands.update(batch)
+        return commands
+
+    def beat_schedule(self, value: Any, app: Celeriac) -> Any | None:
+        return self.pm.hook.celeriac_beat_schedule(value=value, app=app)
+
     # -- signals ----------------------------------------------------------------------------
 
     def send_signal(self, signal: str, /, **kwargs: Any) -> None:

@@ -30,6 +30,7 @@ _KINDS = {
     "float": "a number",
     "bool": "true or false",
     "list": "a list of strings",
+    "ints": "a list of integers",
     "dict": "a table",
 }
 
@@ -95,6 +96,16 @@ class Setting:
                 value = [part.strip() for part in value.split(",") if part.strip()]
             ok = isinstance(value, list | tuple) and all(isinstance(item, str) for item in value)
             value = list(value) if ok else value
+        elif self.kind == "ints":
+            if isinstance(value, str):
+                try:
+                    value = [int(part) for part in value.split(",") if part.strip()]
+                except ValueError:
+                    pass
+            ok = isinstance(value, list | tuple) and all(
+                isinstance(item, int) and not isinstance(item, bool) for item in value
+            )
+            value = list(value) if ok else value
         elif self.kind == "dict":
             ok = isinstance(value, Mapping)
             value = dict(value) if ok else value
@@ -124,7 +135,7 @@ class Setting:
             if lowered in {"0", "false", "no", "off"}:
                 return False
             raise ConfigError(f"{where}: expected true or false, got {text!r}")
-        if self.kind in {"list", "dict"} and lowered.startswith(("[", "{")):
+        if self.kind in {"list", "ints", "dict"} and lowered.startswith(("[", "{")):
             try:
                 return self.coerce(json.loads(text), where)
             except json.JSONDecodeError as exc:
@@ -135,7 +146,7 @@ class Setting:
 
 
 def _s(name: str, kind: str, default: Any = None, doc: str = "", **extra: Any) -> Setting:
-    section = name.split("_", 1)[0] if name.startswith("worker_") else None
+    section = name.split("_", 1)[0] if name.startswith(("worker_", "beat_")) else None
     return Setting(name, kind, default, doc, section=section, **extra)
 
 
@@ -192,6 +203,31 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
     _s("worker_shutdown_timeout", "float", 60.0, "Seconds a warm shutdown waits for running tasks."),
     _s("worker_pool_options", "dict", {}, "Options for the pool plugin."),
     _s("worker_lease_interval", "float", None, "Seconds between lease extensions (default: visibility/3)."),
+    _s("worker_autoscale", "ints", None, "`[min, max]` pool size: grow under backlog, shrink when idle."),
+    _s("worker_max_tasks_per_child", "int", None, "Replace a pool child after it ran this many tasks."),
+    _s("worker_max_memory_per_child", "int", None, "Replace a pool child whose resident memory exceeds this (KiB)."),
+    _s(
+        "worker_max_deliveries",
+        "int",
+        10,
+        "A message delivered this many times (e.g. it keeps killing workers) is dead-lettered; 0: no bound.",
+    ),
+    _s("worker_send_task_events", "bool", False, "Send task events (task-received, task-started, ...) for monitors."),
+    _s("worker_heartbeat_interval", "float", 2.0, "Seconds between worker-heartbeat events."),
+    _s("worker_enable_remote_control", "bool", True, "Answer inspect/control commands on the broadcast channel."),
+    _s("worker_state_db", "str", None, "File that keeps revoked task ids across worker restarts."),
+    _s("task_send_sent_event", "bool", False, "Clients send a task-sent event for every task they publish."),
+    _s("timezone", "str", "UTC", "Time zone of crontab schedules (IANA name, e.g. Europe/Berlin)."),
+    _s("beat_schedule", "dict", {}, "Periodic tasks: `[celeriac.beat.schedule.<name>]` tables."),
+    _s("beat_max_loop_interval", "float", 5.0, "Most seconds beat sleeps between checks of its schedule."),
+    _s("beat_lease_timeout", "float", 15.0, "Seconds a dead leader's lease lasts before another beat takes over."),
+    _s(
+        "beat_catch_up",
+        "str",
+        "once",
+        "Runs missed while no beat ran: `once` (send one now) or `skip`.",
+        choices=("once", "skip"),
+    ),
 )
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "Retry",
     "SerializationError",
     "SoftTimeLimitExceeded",
+    "Terminated",
     "TaskControl",
     "TaskRevokedError",
     "TimeLimitExceeded",
@@ -133,6 +134,10 @@ class RemoteTaskError(CeleriacError):
 
 class WorkerLostError(CeleriacError):
     """The worker process running the task exited before the task finished."""
+
+
+class Terminated(CeleriacError):
+    """The task was stopped while running (``revoke(terminate=True)``)."""
 
 
 class TimeLimitExceeded(CeleriacError):

@@ -16,7 +16,7 @@ Groups:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -179,6 +179,45 @@ def celeriac_cli_commands() -> Sequence[click.Command]:
     :return: a list of :class:`click.Command` objects.
     """
     raise NotImplementedError
+
+
+@hookspec
+def celeriac_worker_options() -> Sequence[click.Option]:
+    """Add options to ``celeriac worker`` (``--metrics-port 9808``).
+
+    Called when the ``worker`` command builds its options. Each option's parameter name must
+    be a setting's flat name (declare it with ``celeriac_settings``); a value given on the
+    command line overrides that setting for this worker.
+
+    :return: a list of :class:`click.Option` objects.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def celeriac_control_commands() -> Mapping[str, Callable[..., Any]]:
+    """Add remote-control commands a worker answers (``celeriac control NAME``).
+
+    Called once when a worker starts its control mailbox. Each callable is called in the
+    worker process as ``command(worker, **arguments)`` and returns the JSON-able reply.
+
+    :return: a mapping of command name to callable; built-in names cannot be replaced.
+    """
+    raise NotImplementedError
+
+
+@hookspec(firstresult=True)
+def celeriac_beat_schedule(value: Any, app: Celeriac) -> Any | None:
+    """Turn a periodic task's ``schedule`` value into a schedule object (custom schedule types).
+
+    Called by beat for each entry whose ``schedule`` is not one of the built-in forms (seconds,
+    a duration string like ``"5m"``, a crontab string) and for schedule objects given in code.
+
+    :param value: the entry's ``schedule`` as written in the config or passed in code.
+    :param app: the app beat runs for.
+    :return: an object with the :class:`celeriac.beat.Schedule` interface, or ``None`` if this
+        plugin does not understand ``value``.
+    """
 
 
 @hookspec

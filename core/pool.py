@@ -74,6 +74,13 @@ class Pool(ABC):
         """Remove ``n`` execution slots (running items finish first)."""
         raise NotImplementedError(f"the {self.name} pool cannot shrink")
 
+    def terminate(self, item: Any, signum: int) -> bool:
+        """Stop the running ``item`` (revoke with ``terminate=True``): the process or task
+        running it gets ``signum`` (or is cancelled) and the item's ``on_error`` gets
+        :class:`~celeriac.exceptions.Terminated`. False when the item is not running here or
+        this pool cannot stop a running item (``threads``, ``solo``)."""
+        return False
+
     @abstractmethod
     def stop(self, timeout: float | None = None) -> bool:
         """Stop accepting items and wait up to ``timeout`` for running ones; True if all finished."""
@@ -81,3 +88,9 @@ class Pool(ABC):
     def info(self) -> dict[str, Any]:
         """Facts for ``stats`` / inspection."""
         return {"implementation": type(self).__module__ + ":" + type(self).__qualname__, "max-concurrency": self.size}
+
+    def stats(self) -> dict[str, Any]:
+        """Live facts for inspection and metrics: ``info()`` plus, where the pool knows them,
+        ``busy``/``idle`` slot counts, ``processes`` (pids), ``processed`` per child and
+        ``memory`` (resident KiB per child)."""
+        return self.info()

@@ -171,6 +171,11 @@ class Transport(ABC):
     def queue_length(self, queue: str) -> int:
         """Messages ready on ``queue`` (not counting delayed or unsettled ones)."""
 
+    def oldest_message_age(self, queue: str) -> float | None:
+        """Seconds the oldest ready message of ``queue`` has waited (0.0 when it is empty), or
+        ``None`` when this broker cannot tell. Monitors use it as the autoscaling signal."""
+        return None
+
     @abstractmethod
     def purge(self, queue: str) -> int:
         """Delete every ready message on ``queue`` (delayed ones stay); returns how many."""

@@ -46,13 +46,47 @@ def _to_json(value: Any) -> str:
 # -- worker ---------------------------------------------------------------------------------
 
 
-@cli.command()
+class WorkerCommand(click.Command):
+    """``celeriac worker`` plus the options plugins add (``celeriac_worker_options``)."""
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = super().get_params(ctx)
+        try:
+            app = get_app(ctx)
+        except (HandledError, AttributeError):
+            return params
+        return params + list(app.plugins.worker_options())
+
+
+def _autoscale(value: str | None) -> list[int] | None:
+    """``--autoscale MAX,MIN`` (Celery's order) -> ``[min, max]``."""
+    if not value:
+        return None
+    try:
+        numbers = [int(part) for part in value.split(",")]
+    except ValueError:
+        raise HandledError(f"--autoscale: expected MAX,MIN (e.g. 10,3), got {value!r}") from None
+    if len(numbers) == 1:
+        numbers.append(0)
+    if len(numbers) != 2 or min(numbers) < 0 or numbers[0] < 1:
+        raise HandledError(f"--autoscale: expected MAX,MIN with MAX >= 1 (e.g. 10,3), got {value!r}")
+    high, low = numbers
+    return [min(low, high), max(low, high)]
+
+
+@cli.command(cls=WorkerCommand)
 @click.option("-Q", "--queues", help="Comma-separated queues to consume (default: [celeriac.worker] queues).")
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Tasks run at once.")
-@click.option("-P", "--pool", help="Execution pool (solo, threads, ...; see `celeriac plugins`).")
+@click.option("-P", "--pool", help="Execution pool (solo, threads, processes, asyncio; see `celeriac plugins`).")
 @click.option("-n", "--hostname", help="Node name; %h is replaced by the host name.")
 @click.option("-l", "--loglevel", type=click.Choice(LOG_LEVELS, case_sensitive=False), help="Log level.")
 @click.option("--prefetch-multiplier", type=click.IntRange(min=1), help="Messages held per pool slot.")
+@click.option("--autoscale", metavar="MAX,MIN", help="Grow the pool up to MAX under backlog, shrink to MIN when idle.")
+@click.option("--max-tasks-per-child", type=click.IntRange(min=1), help="Replace a pool child after this many tasks.")
+@click.option("--max-memory-per-child", type=click.IntRange(min=1), help="Replace a pool child above this RSS (KiB).")
+@click.option("-E", "--events", "send_events", is_flag=True, default=None, help="Send task events for monitors.")
+@click.option("--statedb", help="File that keeps revoked task ids across restarts.")
+@click.option("-B", "--beat", "embed_beat", is_flag=True, help="Also run the periodic-task scheduler (beat) here.")
 def worker(
     queues: str | None,
     concurrency: int | None,
@@ -60,9 +94,27 @@ def worker(
     hostname: str | None,
     loglevel: str | None,
     prefetch_multiplier: int | None,
+    autoscale: str | None,
+    max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
+    send_events: bool | None,
+    statedb: str | None,
+    embed_beat: bool,
+    **plugin_options: Any,
 ) -> None:
     """Start a worker: consume queues and run tasks until SIGTERM/SIGINT."""
     app = get_app()
+    app.conf.update(
+        {
+            "worker_autoscale": _autoscale(autoscale),
+            "worker_max_tasks_per_child": max_tasks_per_child,
+            "worker_max_memory_per_child": max_memory_per_child,
+            "worker_send_task_events": send_events,
+            "worker_state_db": statedb,
+            **plugin_options,
+        },
+        origin="command line",
+    )
     level = (loglevel or app.conf.worker_log_level).upper()
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
     node = app.Worker(
@@ -72,12 +124,19 @@ def worker(
         name=hostname,
         prefetch_multiplier=prefetch_multiplier,
     )
+    if embed_beat:
+        _embed_beat(app, node)
     click.echo(
         f"celeriac {node.hostname}: broker {app.conf.masked()['broker_url']}, pool {node.pool_name}, "
         f"queues {','.join(node.queues)}, tasks: {', '.join(_user_tasks(app.tasks)) or 'none'}",
         err=True,
     )
     sys.exit(node.run())
+
+
+def _embed_beat(app: Any, node: Any) -> None:
+    """Run beat inside the worker (``--beat``): started with the worker, stopped with it."""
+    raise HandledError("--beat: the periodic-task scheduler is not available yet")
 
 
 # -- call / result --------------------------------------------------------------------------

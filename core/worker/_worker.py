@@ -111,6 +111,11 @@ class Worker:
         self.prefetch_multiplier: int = max(1, prefetch_multiplier or conf.worker_prefetch_multiplier)
         self.shutdown_timeout: float = conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
         self.pool_options = dict(conf.worker_pool_options if pool_options is None else pool_options)
+        for key in ("max_tasks_per_child", "max_memory_per_child"):
+            if conf[f"worker_{key}"] is not None:
+                self.pool_options.setdefault(key, conf[f"worker_{key}"])
+        self.max_deliveries: int = conf.worker_max_deliveries or 0
+        self.autoscaler: Any = None
         self.stats = WorkerStats()
         self.revoked: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.rate_limits = RateLimits()
@@ -163,6 +168,12 @@ class Worker:
         self._spawn(self._consume_loop, "consumer")
         if self.transport.needs_lease_extension:
             self._spawn(self._lease_loop, "lease-keeper")
+        if app.conf.worker_autoscale:
+            from ._autoscale import Autoscaler
+
+            low, high = app.conf.worker_autoscale
+            self.autoscaler = Autoscaler(self, low, high)
+            self._spawn(self.autoscaler.run, "autoscaler")
         logger.info(
             "%s ready: pool=%s concurrency=%d queues=%s",
             self.hostname,
@@ -336,6 +347,19 @@ class Worker:
             self._safely(app.store_result, message.id, states.FAILURE, exception_to_data(exc), request=unknown)
             self._safely(_workflow.after_settled, app, unknown, states.FAILURE, exception_to_data(exc))
             app.plugins.task_unknown(app, envelope, exc, message.task, message.id)
+            return
+        if self.max_deliveries and delivery.delivery_count > self.max_deliveries:
+            # A poison message (it keeps killing the process that runs it, or a worker keeps
+            # dying under it) must not loop forever: park it where an operator can look at it.
+            reason = (
+                f"delivered {delivery.delivery_count} times (more than worker_max_deliveries="
+                f"{self.max_deliveries}); it may crash the workers that run it"
+            )
+            self.stats.rejected += 1
+            logger.error("dead-lettered %s[%s] from %s: %s", message.task, message.id, delivery.queue, reason)
+            transport.dead_letter(delivery, reason)
+            self._safely(_workflow.after_dead_letter, app, envelope.headers, reason)
+            app.plugins.task_rejected(app, envelope, WorkerLostError(reason))
             return
         rate_slot = message.extra_headers.pop(RATE_SLOT_HEADER, None)
         request = Request.from_message(

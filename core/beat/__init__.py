@@ -1,0 +1,1 @@
+"""Periodic tasks (issue 10; placeholder until it lands)."""

@@ -1,0 +1,1 @@
+"""Remote control (issue 8; placeholder until it lands)."""

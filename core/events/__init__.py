@@ -1,0 +1,1 @@
+"""Events and the cluster-state model (issue 8; placeholder until it lands)."""

@@ -1,0 +1,1 @@
+"""The web dashboard (issue 11; placeholder until it lands)."""
