@@ -29,6 +29,7 @@ from .exceptions import (
     SerializationError,
     SoftTimeLimitExceeded,
     TaskRevokedError,
+    Terminated,
     TimeLimitExceeded,
     TimeoutError,
     TransportError,
@@ -40,7 +41,7 @@ from .pool import Pool, TimeLimits
 from .result import AsyncResult, EagerResult, GroupResult
 from .resultstore import ResultRecord, ResultStore
 from .serialization import Serializer, SerializerRegistry
-from .task import Request, SharedTask, Task, shared_task
+from .task import Request, SharedTask, Task, current_request, shared_task
 from .transport import Subscription, Transport
 from .worker import Worker
 
@@ -85,6 +86,7 @@ __all__ = [
     "Task",
     "TaskMessage",
     "TaskRevokedError",
+    "Terminated",
     "TimeLimitExceeded",
     "TimeLimits",
     "TimeoutError",
@@ -97,6 +99,7 @@ __all__ = [
     "chord",
     "chunks",
     "current_app",
+    "current_request",
     "decode_task_message",
     "encode_task_message",
     "group",

@@ -97,11 +97,8 @@ class Setting:
             ok = isinstance(value, list | tuple) and all(isinstance(item, str) for item in value)
             value = list(value) if ok else value
         elif self.kind == "ints":
-            if isinstance(value, str):
-                try:
-                    value = [int(part) for part in value.split(",") if part.strip()]
-                except ValueError:
-                    pass
+            if isinstance(value, str) and all(part.strip().isdigit() for part in value.split(",")):
+                value = [int(part) for part in value.split(",")]
             ok = isinstance(value, list | tuple) and all(
                 isinstance(item, int) and not isinstance(item, bool) for item in value
             )
@@ -217,6 +214,8 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
     _s("worker_enable_remote_control", "bool", True, "Answer inspect/control commands on the broadcast channel."),
     _s("worker_state_db", "str", None, "File that keeps revoked task ids across worker restarts."),
     _s("task_send_sent_event", "bool", False, "Clients send a task-sent event for every task they publish."),
+    _s("control_channel", "str", "celeriac.control", "Broadcast channel of remote control (Celery: control_exchange)."),
+    _s("event_channel", "str", "celeriac.events", "Broadcast channel of events (Celery: event_exchange)."),
     _s("timezone", "str", "UTC", "Time zone of crontab schedules (IANA name, e.g. Europe/Berlin)."),
     _s("beat_schedule", "dict", {}, "Periodic tasks: `[celeriac.beat.schedule.<name>]` tables."),
     _s("beat_max_loop_interval", "float", 5.0, "Most seconds beat sleeps between checks of its schedule."),

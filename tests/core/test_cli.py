@@ -181,3 +181,21 @@ def test_an_unreachable_broker_is_one_line(in_tmp: Path, capsys: pytest.CaptureF
     assert err.startswith("celeriac: ")
     assert len(err.strip().splitlines()) == 1
     assert "127.0.0.1:1" in err
+
+
+def test_plugins_add_worker_options_that_override_their_setting(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str], fixtures_on_path: Path
+) -> None:
+    """The ``celeriac_worker_options`` hook: the option shows in --help and its value reaches app.conf."""
+    import worker_option_plugin
+
+    (in_tmp / "celeriac.toml").write_text(
+        '[celeriac]\nbroker_url = "memory://opts"\nresult_store = "memory://opts"\nplugins = ["worker_option_plugin"]\n'
+    )
+    code, out, _ = run(["worker", "--help"], capsys)
+    assert code == 0
+    assert "--greeting-word" in out
+    worker_option_plugin.SEEN.clear()
+    code, _, err = run(["worker", "-P", "solo", "--greeting-word", "salut"], capsys)
+    assert code == 0, err
+    assert worker_option_plugin.SEEN == ["salut"]
