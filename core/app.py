@@ -27,6 +27,8 @@ from .serialization import SerializerRegistry
 from .task import Request, Task, current_request, shared_task_definitions
 
 if TYPE_CHECKING:
+    from .control import Control
+    from .events import Events
     from .transport import Transport
     from .worker import Worker
 
@@ -133,6 +135,8 @@ class Celeriac:
         self._accept: frozenset[str] | None = None
         self._result_accept: frozenset[str] | None = None
         self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()
+        self._control: Control | None = None
+        self._events: Events | None = None
         self.plugins.configure(self)
         if set_as_current:
             with _current_lock:
@@ -292,6 +296,8 @@ class Celeriac:
 
     def close(self) -> None:
         """Close the transport and result store (they reopen on next use)."""
+        if self._events is not None:
+            self._events.close()  # sends buffered task-sent events first
         with self._lock:
             transport, store = self._transport, self._result_store
             self._transport = self._result_store = None
@@ -424,7 +430,50 @@ class Celeriac:
         delay_until = eta.timestamp() if eta is not None and eta > now else None
         self.transport.publish(envelope, queue, eta=delay_until)
         self.plugins.after_task_publish(self, name, envelope.headers, body, queue)
+        if self.conf.task_send_sent_event:
+            self._send_sent_event(message, queue)
         return AsyncResult(task_id, self, name)
+
+    def _send_sent_event(self, message: TaskMessage, queue: str) -> None:
+        from .worker._events import short_repr
+
+        self.events.client_dispatcher.send(
+            "task-sent",
+            uuid=message.id,
+            name=message.task,
+            args=short_repr(message.args),
+            kwargs=short_repr(message.kwargs),
+            retries=message.retries,
+            eta=message.eta.isoformat() if message.eta is not None else None,
+            expires=message.expires.isoformat() if message.expires is not None else None,
+            queue=queue,
+            exchange="",
+            routing_key=queue,
+            root_id=message.root_id,
+            parent_id=message.parent_id,
+        )
+
+    # -- monitoring and remote control ------------------------------------------------------
+
+    @property
+    def control(self) -> Control:
+        """Remote control of the workers (:mod:`celeriac.control`): ``app.control.inspect().active()``."""
+        if self._control is None:
+            from .control import Control
+
+            self._control = Control(self)
+        return self._control
+
+    @property
+    def events(self) -> Events:
+        """Event shortcuts (:mod:`celeriac.events`): ``app.events.Receiver``, ``.State``, ``.Dispatcher``."""
+        if self._events is None:
+            with self._lock:
+                if self._events is None:
+                    from .events import Events
+
+                    self._events = Events(self)
+        return self._events
 
     def AsyncResult(self, task_id: str, name: str | None = None) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
         """A handle on the result of ``task_id``."""
@@ -493,3 +542,58 @@ class Celeriac:
         from .worker import Worker
 
         return Worker(self, **options)
+
+    # -- periodic tasks (beat) --------------------------------------------------------------
+
+    @property
+    def periodic_tasks(self) -> dict[str, Any]:
+        """Entries added with :meth:`add_periodic_task`, by name (``celeriac.beat.Entry`` objects)."""
+        entries: dict[str, Any] = self.__dict__.setdefault("_periodic_tasks", {})
+        return entries
+
+    def add_periodic_task(
+        self,
+        schedule: Any,
+        sig_or_task_name: Any,
+        name: str | None = None,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> str:
+        """Send a task periodically (when a beat runs for this app); returns the entry's name.
+
+        ``schedule``: seconds, a ``timedelta``, a duration (``"5m"``), a crontab string
+        (``"0 7 * * mon-fri"``), a :class:`celeriac.beat.Schedule`, or what a plugin accepts.
+        ``sig_or_task_name``: a task, a signature (``add.s(2, 2)``) or a task name. ``options``:
+        ``timezone``, ``enabled`` and send options (``queue``, ``priority``, ``expires``, ...).
+        An entry with the name of a config entry replaces it. Checked now: a bad value raises
+        :class:`~celeriac.exceptions.ConfigError`.
+        """
+        from .beat import make_entry
+
+        table: dict[str, Any] = {"schedule": schedule, **options}
+        if isinstance(sig_or_task_name, str):
+            table["task"] = sig_or_task_name
+        elif isinstance(sig_or_task_name, Mapping) and "task" in sig_or_task_name:  # a signature
+            if sig_or_task_name.get("subtask_type"):
+                raise ConfigError(
+                    f"add_periodic_task: {sig_or_task_name.get('subtask_type')} signatures are not supported; "
+                    "schedule a task that starts the workflow instead"
+                )
+            table["task"] = sig_or_task_name["task"]
+            table["args"] = [*sig_or_task_name.get("args", ()), *(args or ())]
+            table["kwargs"] = {**sig_or_task_name.get("kwargs", {}), **(kwargs or {})}
+            table = {**dict(sig_or_task_name.get("options") or {}), **table}
+        elif isinstance(getattr(sig_or_task_name, "name", None), str):  # a task
+            table["task"] = sig_or_task_name.name
+        else:
+            raise ConfigError(
+                f"add_periodic_task: expected a task, a signature or a task name, got {sig_or_task_name!r}"
+            )
+        if "args" not in table:
+            table["args"] = list(args or ())
+        if "kwargs" not in table:
+            table["kwargs"] = dict(kwargs or {})
+        name = name or table["task"]
+        self.periodic_tasks[name] = make_entry(name, table, self, "add_periodic_task")
+        return name

@@ -130,9 +130,34 @@ class AsyncResult(Generic[R]):
 
     wait = get
 
+    async def aget(self, timeout: float | None = None, propagate: bool = True, follow_parents: bool = True) -> R:
+        """:meth:`get` for ``async`` code: waits in a thread of the running loop's default
+        executor, so the event loop keeps running (``await result.aget(timeout=10)``)."""
+        import asyncio
+        import functools
+
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self.get, timeout=timeout, propagate=propagate, follow_parents=follow_parents)
+        return await loop.run_in_executor(None, call)
+
     def forget(self) -> None:
         """Delete the stored result."""
         self.app.result_store.forget(self.id)
+
+    def revoke(
+        self,
+        terminate: bool = False,
+        signal: str | int = "SIGTERM",
+        *,
+        destination: str | Sequence[str] | None = None,
+        reply: bool = False,
+        timeout: float = 1.0,
+    ) -> list[dict[str, Any]]:
+        """Tell the workers not to run this task; with ``terminate`` also stop it where it
+        runs (``processes`` pool) with ``signal``. See :meth:`celeriac.control.Control.revoke`."""
+        return self.app.control.revoke(
+            self.id, terminate=terminate, signal=signal, destination=destination, reply=reply, timeout=timeout
+        )
 
     def _failure(self) -> BaseException | None:
         """This result's own error if it failed or was revoked (no waiting)."""

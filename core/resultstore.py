@@ -7,7 +7,9 @@ by every thread of an app, so every method must be thread-safe.
 
 What a store must provide (checked by :mod:`celeriac.testing.conformance`): ``set`` with
 expiry, ``get``, ``wait`` (by notification where the store can, polling otherwise),
-``forget``, and an atomic counter ``incr`` (for chords).
+``forget``, and an atomic counter ``incr`` (for chords). Optional, for beat: leases
+(``acquire_lease`` / ``release_lease`` / ``lease_owner``) and small stored values with fenced
+writes (``get_meta`` / ``set_meta``).
 """
 
 from __future__ import annotations
@@ -115,6 +117,53 @@ class ResultStore(ABC):
     def cleanup(self) -> int:
         """Delete expired records now; returns how many. Stores that expire natively return 0."""
         return 0
+
+    # -- leases and small values (used by beat) ---------------------------------------------
+    #
+    # Not abstract, so stores written before these existed keep working; a store that cannot
+    # offer them raises ``NotImplementedError`` with a message saying so, and beat turns that
+    # into a one-line error. Built-in stores: memory (in-process), redis, sqlite.
+
+    def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        """Hold the lease ``name`` for ``ttl`` seconds on behalf of ``owner``.
+
+        Takes it when nobody holds it (or the holder's time ran out) and renews it when
+        ``owner`` already holds it; atomic across every process that shares the store.
+
+        :return: whether ``owner`` holds the lease now.
+        """
+        raise self._unsupported("acquire_lease")
+
+    def release_lease(self, name: str, owner: str) -> bool:
+        """Give up the lease ``name`` if ``owner`` holds it; returns whether it did."""
+        raise self._unsupported("release_lease")
+
+    def lease_owner(self, name: str) -> str | None:
+        """Who holds the unexpired lease ``name`` (``None``: nobody)."""
+        raise self._unsupported("lease_owner")
+
+    def get_meta(self, key: str) -> str | None:
+        """The small value stored under ``key`` by :meth:`set_meta`, or ``None``."""
+        raise self._unsupported("get_meta")
+
+    def set_meta(self, key: str, value: str, *, lease: str | None = None, owner: str | None = None) -> bool:
+        """Store the small string ``value`` under ``key`` (kept until replaced; no expiry).
+
+        With ``lease`` and ``owner``, a *fenced* write: it happens only if ``owner`` holds the
+        unexpired lease ``lease``, checked atomically with the write, so a process that lost
+        its lease can no longer write.
+
+        :return: whether the value was written.
+        """
+        raise self._unsupported("set_meta")
+
+    def _unsupported(self, method: str) -> NotImplementedError:
+        scheme = self.url.partition("://")[0] or "?"
+        return NotImplementedError(
+            f"the {type(self).__name__} result store ({scheme}://) does not implement {method}() "
+            "(leases and stored values, which beat needs); use a result store that does, "
+            "e.g. redis://... or sqlite:///celeriac.db"
+        )
 
     def close(self) -> None:  # noqa: B027
         """Release connections."""

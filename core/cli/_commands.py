@@ -136,7 +136,9 @@ def worker(
 
 def _embed_beat(app: Any, node: Any) -> None:
     """Run beat inside the worker (``--beat``): started with the worker, stopped with it."""
-    raise HandledError("--beat: the periodic-task scheduler is not available yet")
+    from ._beat import embed_beat
+
+    embed_beat(app, node)
 
 
 # -- call / result --------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def cli(ctx: click.Context, config_path: str | None, app_spec: str | None) -> No
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``celeriac`` script: one-line errors, meaningful exit codes."""
-    from . import _commands  # noqa: F401 - registers the built-in commands
+    from . import _beat, _commands, _monitor  # noqa: F401 - registers the built-in commands
 
     try:
         code = cli.main(args=argv, prog_name="celeriac", standalone_mode=False)

@@ -13,11 +13,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from ._clock import VirtualClock
+
 if TYPE_CHECKING:
     from ..app import Celeriac
     from ..worker import Worker
 
-__all__ = ["start_worker", "wait_for"]
+__all__ = ["VirtualClock", "start_worker", "wait_for"]
 
 
 @contextmanager

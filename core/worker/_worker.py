@@ -41,11 +41,14 @@ from .. import _workflow, states
 from .._envelope import Delivery, Envelope
 from .._exceptions_data import exception_to_data
 from .._execution import IGNORED, REJECTED, Outcome, execute
-from ..exceptions import ContentDisallowed, DecodeError, NotRegistered, WorkerLostError
+from ..exceptions import ContentDisallowed, DecodeError, NotRegistered, Terminated, WorkerLostError
 from ..pool import Pool, TimeLimits
 from ..resultstore import ResultRecord
 from ..task import Request, Task
+from ._control import Mailbox
+from ._events import WorkerEvents, short_repr
 from ._ratelimit import RATE_SLOT_HEADER, RateLimits
+from ._state import RevokeStore
 
 if TYPE_CHECKING:
     from ..app import Celeriac
@@ -67,6 +70,8 @@ class _Job:
     acks_late: bool
     time_limits: TimeLimits | None
     started: float = 0.0
+    #: The signal a ``revoke(terminate=True)`` sent to it, if one did.
+    terminated: int | None = None
 
 
 @dataclass
@@ -118,6 +123,13 @@ class Worker:
         self.autoscaler: Any = None
         self.stats = WorkerStats()
         self.revoked: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._state_db = RevokeStore(conf.worker_state_db) if conf.worker_state_db else None
+        if self._state_db is not None:
+            self.revoked.update(self._state_db.load())
+        #: Time limits set by remote control (``time_limit``): task name -> (soft, hard).
+        self.time_limits: dict[str, tuple[float | None, float | None]] = {}
+        self.events: WorkerEvents | None = None
+        self.mailbox: Mailbox | None = None
         self.rate_limits = RateLimits()
         self.exitcode = 0
         self.pool: Pool | None = None
@@ -163,6 +175,8 @@ class Worker:
         self.pool.start(self._run, lambda: app.plugins.worker_process_init(app, self))
         self._prefetch_sent = self.prefetch_limit
         self.transport.set_prefetch(self._prefetch_sent)
+        self.events = WorkerEvents(self)
+        self.events.start()
         self._settler = threading.Thread(target=self._settle_loop, name="celeriac-settler", daemon=True)
         self._settler.start()
         self._spawn(self._consume_loop, "consumer")
@@ -174,6 +188,9 @@ class Worker:
             low, high = app.conf.worker_autoscale
             self.autoscaler = Autoscaler(self, low, high)
             self._spawn(self.autoscaler.run, "autoscaler")
+        if app.conf.worker_enable_remote_control:
+            self.mailbox = Mailbox(self)
+            self.mailbox.start()
         logger.info(
             "%s ready: pool=%s concurrency=%d queues=%s",
             self.hostname,
@@ -230,6 +247,8 @@ class Worker:
         if first:
             app.plugins.worker_shutting_down(app, self, sig, how, self.exitcode)
         self._stopping.set()
+        if self.mailbox is not None:
+            self.mailbox.stop()
         with self._cond:
             self._cond.notify_all()
         if self.transport is not None:
@@ -247,6 +266,8 @@ class Worker:
         if self._settler is not None and self._settler is not threading.current_thread():
             self._settle_queue.put(None)  # settle what finished, then stop
             self._settler.join(timeout=max(wait, 1.0) + 5)
+        if self.events is not None:
+            self.events.stop()
         if self.transport is not None:
             self.transport.close()
         app._workers.discard(self)
@@ -347,6 +368,7 @@ class Worker:
             self._safely(app.store_result, message.id, states.FAILURE, exception_to_data(exc), request=unknown)
             self._safely(_workflow.after_settled, app, unknown, states.FAILURE, exception_to_data(exc))
             app.plugins.task_unknown(app, envelope, exc, message.task, message.id)
+            self._task_event("task-rejected", message.id, requeue=False)
             return
         if self.max_deliveries and delivery.delivery_count > self.max_deliveries:
             # A poison message (it keeps killing the process that runs it, or a worker keeps
@@ -360,6 +382,7 @@ class Worker:
             transport.dead_letter(delivery, reason)
             self._safely(_workflow.after_dead_letter, app, envelope.headers, reason)
             app.plugins.task_rejected(app, envelope, WorkerLostError(reason))
+            self._task_event("task-rejected", message.id, requeue=False)
             return
         rate_slot = message.extra_headers.pop(RATE_SLOT_HEADER, None)
         request = Request.from_message(
@@ -389,10 +412,27 @@ class Worker:
         hard, soft = message.timelimit
         hard = hard if hard is not None else app.conf.task_time_limit
         soft = soft if soft is not None else app.conf.task_soft_time_limit
+        if task.name in self.time_limits:  # set by remote control: wins over the message's
+            soft, hard = self.time_limits[task.name]
         job = _Job(task, request, delivery, acks_late, TimeLimits(soft, hard) if hard or soft else None)
         if logger.isEnabledFor(logging.INFO):
             logger.info("Task %s[%s] received", task.name, request.id)
         app.plugins.task_received(app, request)
+        events = self.events
+        if events is not None and events.task_events:
+            events.send(
+                "task-received",
+                uuid=request.id,
+                name=task.name,
+                args=short_repr(request.args),
+                kwargs=short_repr(request.kwargs),
+                retries=request.retries,
+                eta=request.eta.isoformat() if request.eta is not None else None,
+                expires=request.expires.isoformat() if request.expires is not None else None,
+                root_id=request.root_id,
+                parent_id=request.parent_id,
+                queue=delivery.queue,
+            )
         if not acks_late:
             transport.ack(delivery)
         with self._cond:
@@ -437,13 +477,48 @@ class Worker:
         )
         self._safely(_workflow.after_settled, self.app, request, states.REVOKED, reason)
         self.transport.ack(delivery)
+        self._task_event("task-revoked", request.id, terminated=False, signum=None, expired=expired)
         self.app.plugins.task_revoked(self.app, request, terminated=False, signum=None, expired=expired)
 
-    def revoke(self, task_id: str) -> None:
-        """Do not run ``task_id`` if it arrives here (kept for the last 50,000 ids)."""
-        self.revoked[task_id] = time.time()
+    def revoke(self, *task_ids: str, persist: bool = True) -> None:
+        """Do not run ``task_ids`` if they arrive here or are waiting here (the last 50,000 ids
+        are kept; in ``worker_state_db`` too when it is set)."""
+        now = time.time()
+        for task_id in task_ids:
+            self.revoked[task_id] = now
         while len(self.revoked) > _MAX_REVOKED:
             self.revoked.popitem(last=False)
+        if persist:
+            self.persist_revoked()
+
+    def persist_revoked(self) -> None:
+        """Write the revoked ids to ``worker_state_db`` (when set)."""
+        if self._state_db is not None:
+            self._state_db.save(self.revoked)
+
+    def terminate(self, task_id: str, signum: int) -> bool:
+        """Stop ``task_id`` if it runs here now (``revoke(terminate=True)``); False if it does
+        not, or the pool cannot stop a running task."""
+        with self._cond:
+            job = next((job for job in self._active.values() if job.request.id == task_id), None)
+        if job is None or self.pool is None:
+            return False
+        job.terminated = signum
+        try:
+            stopped = self.pool.terminate(job.request, signum)
+        except Exception as exc:
+            logger.error("could not terminate %s[%s]: %s", job.task.name, task_id, exc)
+            stopped = False
+        if not stopped:
+            job.terminated = None
+        else:
+            logger.warning("Terminating %s[%s] (%s)", job.task.name, task_id, signal.Signals(signum).name)
+        return stopped
+
+    def _task_event(self, type: str, task_id: str, **fields: Any) -> None:  # noqa: A002
+        events = self.events
+        if events is not None and events.task_events:
+            events.send(type, uuid=task_id, **fields)
 
     # -- running ----------------------------------------------------------------------------
 
@@ -461,8 +536,18 @@ class Worker:
                     if not self._reserved or len(self._active) >= pool.size or self._stopping.is_set():
                         return
                     job = self._reserved.popleft()
-                    self._active[id(job)] = job
+                    if job.request.id in self.revoked:  # revoked while it waited here
+                        self._held -= 1
+                        self._cond.notify_all()
+                    else:
+                        self._active[id(job)] = job
+                if job.request.id in self.revoked:
+                    self._safely(self._revoke, job.request, job.delivery, expired=False)
+                    continue
                 job.started = time.monotonic()
+                events = self.events
+                if events is not None and events.task_events:
+                    events.send("task-started", uuid=job.request.id)
                 pool.submit(
                     job.request,
                     functools.partial(self._finish, job),
@@ -473,8 +558,17 @@ class Worker:
             self._dispatching.active = False
 
     def _run(self, request: Request) -> Outcome:
-        """The pool runner: execute one request (in a pool thread or child process)."""
-        return execute(self.app.tasks[request.task], request)
+        """The pool runner: execute one request (in a pool thread or child process). A pool
+        that runs coroutines gets a coroutine for an ``async def`` task, else an ``InThread``."""
+        task = self.app.tasks[request.task]
+        if self.pool is not None and self.pool.runs_coroutines:
+            from .._execution import execute_async, is_async_task
+            from ..pool import InThread
+
+            if is_async_task(task):
+                return execute_async(task, request)  # type: ignore[return-value]
+            return InThread(functools.partial(execute, task, request))  # type: ignore[return-value]
+        return execute(task, request)
 
     def _finish(self, job: _Job, outcome: Outcome) -> None:
         """Pool callback: free the slot, hand the outcome to the settler thread, start the next
@@ -535,6 +629,8 @@ class Worker:
             task, request = job.task, job.request
             self.stats.total[task.name] += 1
             self._log_outcome(job, outcome)
+            if self.events is not None and self.events.task_events:
+                self._outcome_event(job, outcome)
             if outcome.state == REJECTED:
                 self.stats.rejected += 1
                 if outcome.requeue:
@@ -602,13 +698,31 @@ class Worker:
             self.stats.retried += 1
             logger.info("Task %s[%s] retry: %s", name, task_id, _exception_line(outcome))
 
+    def _outcome_event(self, job: _Job, outcome: Outcome) -> None:
+        assert self.events is not None
+        task_id, state = job.request.id, outcome.state
+        if state == states.SUCCESS:
+            self.events.send("task-succeeded", uuid=task_id, result=short_repr(outcome.value), runtime=outcome.runtime)
+        elif state == states.FAILURE:
+            self.events.send(
+                "task-failed", uuid=task_id, exception=_exception_line(outcome), traceback=outcome.traceback
+            )
+        elif state == states.RETRY:
+            self.events.send(
+                "task-retried", uuid=task_id, exception=_exception_line(outcome), traceback=outcome.traceback
+            )
+        elif state == REJECTED:
+            self.events.send("task-rejected", uuid=task_id, requeue=outcome.requeue)
+
     def _ignores_result(self, task: Task[..., Any], request: Request) -> bool:
         return _workflow.ignores_result(self.app, task, request)
 
     def _settle_lost(self, job: _Job, exc: BaseException) -> None:
         assert self.transport is not None
         try:
-            if isinstance(exc, WorkerLostError) and job.acks_late:
+            if job.terminated is not None or isinstance(exc, Terminated):
+                self._settle_terminated(job)
+            elif isinstance(exc, WorkerLostError) and job.acks_late:
                 logger.error("%s[%s]: %s; the message goes back to the queue", job.task.name, job.request.id, exc)
                 self.transport.reject(job.delivery, requeue=True)
             else:
@@ -619,6 +733,23 @@ class Worker:
                     self.transport.ack(job.delivery)
         except Exception:
             logger.exception("could not settle %s[%s]", job.task.name, job.request.id)
+
+    def _settle_terminated(self, job: _Job) -> None:
+        """A task stopped by ``revoke(terminate=True)``: REVOKED, acked, never run again."""
+        assert self.transport is not None
+        request, signum = job.request, job.terminated
+        self.stats.revoked += 1
+        logger.warning("Task %s[%s] terminated (signal %s)", job.task.name, request.id, signum)
+        error = {
+            "exc_type": "TaskRevokedError",
+            "exc_module": "celeriac.exceptions",
+            "exc_message": [f"task {request.id} terminated"],
+        }
+        self.app.store_result(request.id, states.REVOKED, error, request=request)
+        self._safely(_workflow.after_settled, self.app, request, states.REVOKED, "terminated")
+        self.transport.ack(job.delivery)
+        self._task_event("task-revoked", request.id, terminated=True, signum=signum, expired=False)
+        self.app.plugins.task_revoked(self.app, request, terminated=True, signum=signum, expired=False)
 
     # -- leases -----------------------------------------------------------------------------
 
@@ -655,6 +786,109 @@ class Worker:
             "rate_limited": self.rate_limits.deferred,
             "uptime": time.time() - self.stats.started_at,
         }
+
+    # -- remote control ---------------------------------------------------------------------
+
+    @property
+    def active_count(self) -> int:
+        """Tasks running in the pool now."""
+        return len(self._active)
+
+    def job_infos(self, where: str) -> list[dict[str, Any]]:
+        """Celery's request dicts of the ``"active"`` (running) or ``"reserved"`` jobs."""
+        with self._cond:
+            jobs = list(self._active.values() if where == "active" else self._reserved)
+        now, wall = time.monotonic(), time.time()
+        pid = os.getpid()
+        infos = []
+        for job in jobs:
+            request = job.request
+            infos.append(
+                {
+                    "id": request.id,
+                    "name": request.task,
+                    "type": request.task,
+                    "args": request.args,
+                    "kwargs": request.kwargs,
+                    "hostname": self.hostname,
+                    "time_start": wall - (now - job.started) if job.started else None,
+                    "acknowledged": not job.acks_late,
+                    "delivery_info": {
+                        "routing_key": request.queue,
+                        "priority": request.priority,
+                        "redelivered": request.redelivered,
+                    },
+                    "worker_pid": pid,
+                    "eta": request.eta.isoformat() if request.eta is not None else None,
+                    "retries": request.retries,
+                    "root_id": request.root_id,
+                    "parent_id": request.parent_id,
+                }
+            )
+        return infos
+
+    def stats_reply(self) -> dict[str, Any]:
+        """The reply to ``inspect stats`` (Celery's shape)."""
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        rusage = {
+            name: getattr(usage, f"ru_{name}")
+            for name in ("utime", "stime", "maxrss", "minflt", "majflt", "nvcsw", "nivcsw", "inblock", "oublock")
+        }
+        broker = self.transport.info() if self.transport is not None else {}
+        broker = {key: _masked(value) for key, value in broker.items()}
+        events = self.events
+        return {
+            "hostname": self.hostname,
+            "pid": os.getpid(),
+            "uptime": time.time() - self.stats.started_at,
+            "pool": self.pool.stats() if self.pool is not None else {},
+            "prefetch_count": self.prefetch_limit,
+            "total": dict(self.stats.total),
+            "succeeded": self.stats.succeeded,
+            "failed": self.stats.failed,
+            "retried": self.stats.retried,
+            "rejected": self.stats.rejected,
+            "revoked": self.stats.revoked,
+            "active": self.active_count,
+            "reserved": len(self._reserved),
+            "rate_limited": self.rate_limits.deferred,
+            "rusage": rusage,
+            "broker": broker,
+            "queues": list(self.queues),
+            "task_events": bool(events is not None and events.task_events),
+            "autoscaler": {"min": self.autoscaler.low, "max": self.autoscaler.high}
+            if self.autoscaler is not None and hasattr(self.autoscaler, "high")
+            else None,
+        }
+
+    def add_queue(self, queue: str) -> None:
+        """Start consuming ``queue`` too (declared first)."""
+        assert self.transport is not None
+        self.transport.declare_queue(queue)
+        self.queues = [*self.queues, queue]
+        self.wake_consumer()
+        logger.info("%s: consuming from %s too", self.hostname, queue)
+
+    def remove_queue(self, queue: str) -> None:
+        """Stop consuming ``queue``."""
+        self.queues = [name for name in self.queues if name != queue]
+        self.wake_consumer()
+        logger.info("%s: no longer consuming from %s", self.hostname, queue)
+
+    def wake_consumer(self) -> None:
+        """Make the consumer loop look at queues and pool size again now."""
+        with self._cond:
+            self._cond.notify_all()
+        if self.transport is not None:
+            self.transport.wake()
+
+
+def _masked(value: Any) -> Any:
+    from ..config import mask_url
+
+    return mask_url(value) if isinstance(value, str) and "://" in value else value
 
 
 def _exception_line(outcome: Outcome) -> str:

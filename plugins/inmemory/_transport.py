@@ -62,13 +62,15 @@ def _copy_envelope(envelope: celeriac.Envelope, extra_headers: Mapping[str, Any]
 class _Message:
     """A message owned by the broker; ``deliveries`` counts how often it was fetched."""
 
-    __slots__ = ("deliveries", "envelope", "priority", "sequence")
+    __slots__ = ("deliveries", "envelope", "priority", "ready_at", "sequence")
 
-    def __init__(self, envelope: celeriac.Envelope, sequence: int) -> None:
+    def __init__(self, envelope: celeriac.Envelope, sequence: int, ready_at: float) -> None:
         self.envelope = envelope
         self.priority = envelope.priority
         self.sequence = sequence
         self.deliveries = 0
+        #: Unix time the message became (or becomes, when delayed) ready: for its age.
+        self.ready_at = ready_at
 
 
 class _Lease:
@@ -126,9 +128,10 @@ class _Broker:
         return queue
 
     def put(self, envelope: celeriac.Envelope, queue_name: str, eta: float | None) -> None:
-        message = _Message(envelope, next(self.sequence))
+        now = time.time()
+        message = _Message(envelope, next(self.sequence), now if eta is None else max(eta, now))
         queue = self.queue(queue_name)
-        if eta is None or eta <= time.time():
+        if eta is None or eta <= now:
             queue.push_ready(message)
         else:
             heapq.heappush(queue.delayed, (eta, message.sequence, message))
@@ -371,6 +374,19 @@ class MemoryTransport(celeriac.Transport):
                 return 0
             found.promote_due(time.time())
             return len(found.ready)
+
+    def oldest_message_age(self, queue: str) -> float | None:
+        """Seconds since the oldest ready message of ``queue`` became ready (0.0 when none is)."""
+        broker = self._broker
+        with broker.lock:
+            broker.expire_leases(time.monotonic())
+            found = broker.queues.get(queue)
+            if found is None:
+                return 0.0
+            now = time.time()
+            found.promote_due(now)
+            oldest = min((message.ready_at for _, _, message in found.ready), default=now)
+            return max(0.0, now - oldest)
 
     def purge(self, queue: str) -> int:
         """Drop every ready message on ``queue``; delayed and unsettled ones stay."""

@@ -207,3 +207,69 @@ class MemoryResultStore(celeriac.ResultStore):
         with self._state.lock:
             records = len(self._state.records)
         return {"result_store": type(self).__name__, "name": self.name, "records": records}
+
+    # -- leases and small values (beat) ------------------------------------------------------
+
+    def _extras(self) -> _Extras:
+        """Leases and values of this store's state; caller holds the state's lock."""
+        extras = _state_extras.get(self._state)
+        if extras is None:
+            extras = _state_extras[self._state] = _Extras()
+        return extras
+
+    def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        """Take lease ``name`` (free or expired) or renew it (held by ``owner``) for ``ttl`` seconds."""
+        with self._state.lock:
+            leases = self._extras().leases
+            now = time.monotonic()
+            holder = leases.get(name)
+            if holder is not None and holder[0] != owner and holder[1] > now:
+                return False
+            leases[name] = (owner, now + ttl)
+            return True
+
+    def release_lease(self, name: str, owner: str) -> bool:
+        """Give up lease ``name`` if ``owner`` holds it."""
+        with self._state.lock:
+            leases = self._extras().leases
+            holder = leases.get(name)
+            if holder is None or holder[0] != owner or holder[1] <= time.monotonic():
+                return False
+            del leases[name]
+            return True
+
+    def lease_owner(self, name: str) -> str | None:
+        """The holder of the unexpired lease ``name``, or ``None``."""
+        with self._state.lock:
+            holder = self._extras().leases.get(name)
+            return holder[0] if holder is not None and holder[1] > time.monotonic() else None
+
+    def get_meta(self, key: str) -> str | None:
+        """The value stored under ``key``, or ``None``."""
+        with self._state.lock:
+            return self._extras().values.get(key)
+
+    def set_meta(self, key: str, value: str, *, lease: str | None = None, owner: str | None = None) -> bool:
+        """Store ``value`` under ``key``; with ``lease``/``owner`` only while ``owner`` holds that lease."""
+        with self._state.lock:
+            extras = self._extras()
+            if lease is not None:
+                holder = extras.leases.get(lease)
+                if holder is None or holder[0] != owner or holder[1] <= time.monotonic():
+                    return False
+            extras.values[key] = value
+            return True
+
+
+class _Extras:
+    """Leases (name -> owner, monotonic expiry) and small values of one store state."""
+
+    __slots__ = ("leases", "values")
+
+    def __init__(self) -> None:
+        self.leases: dict[str, tuple[str, float]] = {}
+        self.values: dict[str, str] = {}
+
+
+#: Leases and values per store state, alive as long as the state is.
+_state_extras: weakref.WeakKeyDictionary[_StoreState, _Extras] = weakref.WeakKeyDictionary()

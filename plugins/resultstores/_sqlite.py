@@ -406,3 +406,77 @@ class SQLiteResultStore(celeriac.ResultStore):
     def info(self) -> dict[str, Any]:
         """The store class, file and SQLite version."""
         return {"result_store": type(self).__name__, "path": str(self.path), "sqlite_version": sqlite3.sqlite_version}
+
+    # -- leases and small values (beat) ------------------------------------------------------
+
+    def _beat_session(
+        self, action: str, *, write: bool = False
+    ) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A session on a file that has the lease and value tables (created on first use)."""
+        if not getattr(self, "_beat_tables_ready", False):
+            with self._session("create the lease tables", write=True) as connection:
+                for statement in _BEAT_SCHEMA:
+                    connection.execute(statement)
+            self._beat_tables_ready = True
+        return self._session(action, write=write)
+
+    def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        """Take (free or expired) or renew (same owner) the lease in one upsert statement."""
+        now = time.time()
+        parameters = {"name": name, "owner": owner, "now": now, "expires_at": now + ttl}
+        with self._beat_session("take a lease") as connection:
+            row = connection.execute(_ACQUIRE_LEASE, parameters).fetchone()
+        return row is not None
+
+    def release_lease(self, name: str, owner: str) -> bool:
+        """Delete the lease if ``owner`` holds it (and it has not expired)."""
+        with self._beat_session("release a lease") as connection:
+            cursor = connection.execute(
+                "DELETE FROM celeriac_leases WHERE name = ? AND owner = ? AND expires_at > ?",
+                (name, owner, time.time()),
+            )
+            return cursor.rowcount > 0
+
+    def lease_owner(self, name: str) -> str | None:
+        """The holder of the unexpired lease ``name``, or ``None``."""
+        with self._beat_session("read a lease") as connection:
+            row = connection.execute(
+                "SELECT owner FROM celeriac_leases WHERE name = ? AND expires_at > ?", (name, time.time())
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def get_meta(self, key: str) -> str | None:
+        """The value stored under ``key``, or ``None``."""
+        with self._beat_session("read a value") as connection:
+            row = connection.execute("SELECT value FROM celeriac_values WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str, *, lease: str | None = None, owner: str | None = None) -> bool:
+        """Upsert the value; with ``lease``/``owner`` inside one write transaction that checks the lease."""
+        with self._beat_session("store a value", write=True) as connection:
+            if lease is not None:
+                held = connection.execute(
+                    "SELECT 1 FROM celeriac_leases WHERE name = ? AND owner = ? AND expires_at > ?",
+                    (lease, owner, time.time()),
+                ).fetchone()
+                if held is None:
+                    return False
+            connection.execute(
+                "INSERT INTO celeriac_values (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+        return True
+
+
+_BEAT_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS celeriac_leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS celeriac_values (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+#: Insert, or take over an expired lease, or renew our own; a row comes back only if we hold it.
+_ACQUIRE_LEASE = (
+    "INSERT INTO celeriac_leases (name, owner, expires_at) VALUES (:name, :owner, :expires_at)"
+    " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at"
+    " WHERE celeriac_leases.owner = excluded.owner OR celeriac_leases.expires_at <= :now"
+    " RETURNING owner"
+)

@@ -94,6 +94,14 @@ _QUEUE_LENGTH = "SELECT " + " + ".join(
     f"(SELECT COUNT(*) FROM celeriac_messages WHERE {part})" for part in _READY_PARTS
 )
 
+#: When the oldest ready message of a queue became ready (the three ways of ``_READY_PARTS``).
+_OLDEST_READY = (
+    "SELECT MIN(t) FROM ("
+    f"SELECT MIN(published_at) AS t FROM celeriac_messages WHERE {_READY_PARTS[0]}"
+    f" UNION ALL SELECT MIN(not_before) FROM celeriac_messages WHERE {_READY_PARTS[1]}"
+    f" UNION ALL SELECT MIN(published_at) FROM celeriac_messages WHERE {_READY_PARTS[2]})"
+)
+
 Row = tuple[int, int, int, bytes, str, str, str, str]
 
 
@@ -344,6 +352,15 @@ class SQLiteTransport(celeriac.Transport):
         with self._db.connection("queue length") as connection:
             count: int = connection.execute(_QUEUE_LENGTH, {"queue": queue, "now": time.time()}).fetchone()[0]
         return count
+
+    def oldest_message_age(self, queue: str) -> float | None:
+        """Seconds the oldest ready message of ``queue`` has waited (0.0 when none is): since
+        its ETA for a delayed one that is due, since publishing otherwise (a delayed message
+        already made ready by a fetch counts from its publishing)."""
+        now = time.time()
+        with self._db.connection("oldest message age") as connection:
+            oldest = connection.execute(_OLDEST_READY, {"queue": queue, "now": now}).fetchone()[0]
+        return 0.0 if oldest is None else max(0.0, now - float(oldest))
 
     def purge(self, queue: str) -> int:
         """Delete every ready message on ``queue`` (what :meth:`queue_length` counts)."""

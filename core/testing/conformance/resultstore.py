@@ -294,3 +294,87 @@ class ResultStoreSuite:
         assert store.incr(key, 3, expires=0.2) == 3
         assert eventually(lambda: store.incr(key, 0) == 0), "counter set with expires=0.2 never expired"
         assert store.incr(key) == 1
+
+    # -- leases and small values (beat) -----------------------------------------------------
+    #
+    # Optional: a store that raises NotImplementedError from acquire_lease skips these.
+
+    @staticmethod
+    def _require_leases(store: ResultStore) -> None:
+        try:
+            store.lease_owner(_unique("probe"))
+        except NotImplementedError as exc:
+            pytest.skip(f"{type(store).__name__} has no leases: {exc}")
+
+    def test_a_lease_is_held_by_one_owner_and_renewed_by_it(self, open_store: MakeStore) -> None:
+        first, second = open_store(), open_store()
+        self._require_leases(first)
+        lease = _unique("lease")
+        assert first.lease_owner(lease) is None
+        assert first.acquire_lease(lease, "a", LONG_TIMEOUT) is True
+        assert second.acquire_lease(lease, "b", LONG_TIMEOUT) is False
+        assert first.acquire_lease(lease, "a", LONG_TIMEOUT) is True  # renewal
+        assert second.lease_owner(lease) == "a"
+
+    def test_an_expired_lease_goes_to_the_next_owner(self, open_store: MakeStore) -> None:
+        first, second = open_store(), open_store()
+        self._require_leases(first)
+        lease = _unique("lease")
+        assert first.acquire_lease(lease, "a", 0.2)
+        assert eventually(lambda: second.acquire_lease(lease, "b", LONG_TIMEOUT)), "a 0.2 s lease never ran out"
+        assert first.lease_owner(lease) == "b"
+        assert first.acquire_lease(lease, "a", LONG_TIMEOUT) is False
+
+    def test_only_the_holder_releases_a_lease(self, open_store: MakeStore) -> None:
+        first, second = open_store(), open_store()
+        self._require_leases(first)
+        lease = _unique("lease")
+        assert first.acquire_lease(lease, "a", LONG_TIMEOUT)
+        assert second.release_lease(lease, "b") is False
+        assert second.lease_owner(lease) == "a"
+        assert first.release_lease(lease, "a") is True
+        assert second.lease_owner(lease) is None
+        assert second.acquire_lease(lease, "b", LONG_TIMEOUT) is True
+
+    def test_one_of_many_concurrent_owners_gets_a_lease(self, open_store: MakeStore) -> None:
+        stores = [open_store() for _ in range(3)]
+        self._require_leases(stores[0])
+        lease, count = _unique("lease"), 12
+        barrier = threading.Barrier(count)
+        won: list[str] = []
+
+        def contend(index: int) -> None:
+            barrier.wait(LONG_TIMEOUT)
+            if stores[index % len(stores)].acquire_lease(lease, f"owner-{index}", LONG_TIMEOUT):
+                won.append(f"owner-{index}")
+
+        threads = [threading.Thread(target=contend, args=(i,), daemon=True) for i in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(LONG_TIMEOUT)
+        assert len(won) == 1, f"several owners got the lease: {won}"
+        assert stores[0].lease_owner(lease) == won[0]
+
+    def test_meta_values_round_trip_between_instances(self, open_store: MakeStore) -> None:
+        writer, reader = open_store(), open_store()
+        self._require_leases(writer)
+        key = _unique("meta")
+        assert reader.get_meta(key) is None
+        assert writer.set_meta(key, "2026-01-01T00:00:00+00:00") is True
+        assert reader.get_meta(key) == "2026-01-01T00:00:00+00:00"
+        assert writer.set_meta(key, "änder ✓") is True
+        assert reader.get_meta(key) == "änder ✓"
+
+    def test_a_fenced_meta_write_needs_the_unexpired_lease(self, open_store: MakeStore) -> None:
+        holder, other = open_store(), open_store()
+        self._require_leases(holder)
+        lease, key = _unique("lease"), _unique("meta")
+        assert other.set_meta(key, "nobody holds it", lease=lease, owner="b") is False
+        assert holder.acquire_lease(lease, "a", 0.3)
+        assert holder.set_meta(key, "one", lease=lease, owner="a") is True
+        assert other.set_meta(key, "two", lease=lease, owner="b") is False
+        assert other.get_meta(key) == "one"
+        assert eventually(lambda: holder.lease_owner(lease) is None), "a 0.3 s lease never ran out"
+        assert holder.set_meta(key, "three", lease=lease, owner="a") is False, "wrote with an expired lease"
+        assert other.get_meta(key) == "one"

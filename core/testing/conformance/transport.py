@@ -33,6 +33,7 @@ from typing import Any
 
 import pytest
 from celeriac import Delivery, Envelope, Transport
+from celeriac.testing import wait_for
 
 __all__ = ["TransportSuite"]
 
@@ -420,6 +421,22 @@ class TransportSuite:
         assert transport.purge(queue) == 0
         transport.ack_many(held)
         assert_empty(transport, queue)
+
+    def test_oldest_message_age(self, transport: Transport, queue: str) -> None:
+        if transport.oldest_message_age(queue) is None:
+            pytest.skip(f"{type(transport).__name__} cannot tell how old its oldest message is")
+        assert transport.oldest_message_age(queue) == 0.0
+        transport.publish(envelope(9), queue, eta=time.time() + 60)  # delayed: not waiting yet
+        assert transport.oldest_message_age(queue) == 0.0
+
+        transport.publish(envelope(0), queue)
+        first = wait_for(lambda: (age := transport.oldest_message_age(queue)) is not None and age >= 0.05 and age)
+        transport.publish(envelope(1), queue)
+        assert transport.oldest_message_age(queue) >= first - CLOCK_TOLERANCE  # the oldest, not the newest
+
+        held = collect(transport, [queue], 2)
+        assert transport.oldest_message_age(queue) == 0.0  # nothing ready: held ones do not count
+        transport.ack_many(held)
 
     # -- broadcast ---------------------------------------------------------------------------
 
