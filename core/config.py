@@ -219,6 +219,7 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
     _s("timezone", "str", "UTC", "Time zone of crontab schedules (IANA name, e.g. Europe/Berlin)."),
     _s("beat_schedule", "dict", {}, "Periodic tasks: `[celeriac.beat.schedule.<name>]` tables."),
     _s("beat_max_loop_interval", "float", 5.0, "Most seconds beat sleeps between checks of its schedule."),
+    _s("beat_lease_name", "str", "celeriac-beat", "Name of the leader lease (one per deployment)."),
     _s("beat_lease_timeout", "float", 15.0, "Seconds a dead leader's lease lasts before another beat takes over."),
     _s(
         "beat_catch_up",

@@ -63,12 +63,12 @@ class Beat:
         app: Celeriac,
         *,
         clock: Clock | None = None,
-        lease: str = "celeriac-beat",
+        lease: str | None = None,
         owner: str | None = None,
     ) -> None:
         self.app = app
         self.clock: Clock = clock or SystemClock()
-        self.lease = lease
+        self.lease: str = lease or app.conf.beat_lease_name
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         conf = app.conf
         self.lease_timeout: float = conf.beat_lease_timeout

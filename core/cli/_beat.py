@@ -50,24 +50,27 @@ def _warn_private_store(app: Celeriac) -> None:
 
 @cli.command()
 @click.option("-l", "--loglevel", type=click.Choice(LOG_LEVELS, case_sensitive=False), help="Log level.")
-@click.option("--lease", default="celeriac-beat", show_default=True, help="Lease name; beats with one name share it.")
+@click.option("--lease", help="Lease name; beats with one name share it (default: [celeriac.beat] lease_name).")
 @click.option("--catch-up", type=click.Choice(["once", "skip"]), help="Runs missed while no beat ran: once or skip.")
 @click.option("--lease-timeout", type=click.FloatRange(min=0.1), help="Seconds before a dead leader is replaced.")
-def beat(loglevel: str | None, lease: str, catch_up: str | None, lease_timeout: float | None) -> None:
+def beat(loglevel: str | None, lease: str | None, catch_up: str | None, lease_timeout: float | None) -> None:
     """Run the periodic-task scheduler until SIGTERM/SIGINT (several may run: one sends)."""
     from ..beat import Beat
 
     app = get_app()
-    app.conf.update({"beat_catch_up": catch_up, "beat_lease_timeout": lease_timeout}, origin="command line")
+    app.conf.update(
+        {"beat_catch_up": catch_up, "beat_lease_timeout": lease_timeout, "beat_lease_name": lease},
+        origin="command line",
+    )
     level = (loglevel or app.conf.worker_log_level).upper()
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
-    scheduler = Beat(app, lease=lease)
+    scheduler = Beat(app)
     _check_shared(app)
     scheduler.check()
     _warn_private_store(app)
     click.echo(
         f"celeriac beat {scheduler.owner}: broker {app.conf.masked()['broker_url']}, "
-        f"lease {lease!r} in {app.conf.masked()['result_store']}, entries: {_describe(scheduler) or 'none'}",
+        f"lease {scheduler.lease!r} in {app.conf.masked()['result_store']}, entries: {_describe(scheduler) or 'none'}",
         err=True,
     )
     stop = threading.Event()
