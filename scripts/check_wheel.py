@@ -18,6 +18,17 @@ def main(wheel: str) -> int:
     missing = [p for p in packages if f"{p.replace('.', '/')}/__init__.py" not in names]
     if "celeriac/py.typed" not in names:
         missing.append("celeriac/py.typed")
+    # package data: every file the package-data patterns cover in the source tree is in the wheel
+    for package, patterns in config["tool"]["setuptools"].get("package-data", {}).items():
+        folder = ROOT / (
+            "core" if package == "celeriac" else package.replace("celeriac.plugins", "plugins", 1).replace(".", "/")
+        )
+        for pattern in patterns:
+            for path in folder.glob(pattern):
+                if path.is_file():
+                    member = package.replace(".", "/") + "/" + path.relative_to(folder).as_posix()
+                    if member not in names:
+                        missing.append(member)
     entry_points = next((n for n in names if n.endswith("entry_points.txt")), None)
     if entry_points is None:
         missing.append("entry_points.txt")
@@ -27,7 +38,7 @@ def main(wheel: str) -> int:
     if missing:
         sys.stderr.write(f"wheel {wheel} is missing: {', '.join(missing)}\n")
         return 1
-    sys.stdout.write(f"wheel {Path(wheel).name}: {len(packages)} packages, py.typed, entry points: ok\n")
+    sys.stdout.write(f"wheel {Path(wheel).name}: {len(packages)} packages, py.typed, package data, entry points: ok\n")
     return 0
 
 

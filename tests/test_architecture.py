@@ -76,7 +76,7 @@ def test_core_never_imports_a_plugin() -> None:
 
 
 #: Kernel sub-packages with a public API of their own (their ``__all__``), besides ``celeriac`` itself.
-PUBLIC_PACKAGES = ("celeriac.events", "celeriac.control", "celeriac.beat")
+PUBLIC_PACKAGES = ("celeriac.events", "celeriac.control", "celeriac.beat", "celeriac.cli")
 
 
 @pytest.mark.parametrize("plugin", sorted(p.name for p in PLUGINS.iterdir() if (p / "__init__.py").exists()))

@@ -85,9 +85,9 @@ class CeleriacGroup(click.Group):
         return {command.name: command for command in app.plugins.cli_commands() if command.name}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        names = set(super().list_commands(ctx))
-        if ctx.params:
-            names |= set(self._plugin_commands(ctx))
+        # ``--help`` is eager: it lists commands before ``--config``/``-A`` are parsed, so the
+        # plugin commands then come from the discovered config (or the defaults).
+        names = set(super().list_commands(ctx)) | set(self._plugin_commands(ctx))
         return sorted(names)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
