@@ -17,9 +17,15 @@ first, and with ``--ceiling`` the plain-client ceiling of each Redis/AMQP broker
 the same run with celeriac's figures as a fraction of it. Fields:
 
 * ``publish_per_s`` — messages published per second by one client thread (``apply_async``);
+* ``publish_batch_per_s`` — the same number of messages sent in one ``publish_many`` batch
+  (``..._with_encoding_per_s``: including building them with ``apply_async``);
 * ``drain_per_s``   — tasks run per second by the worker from a pre-filled queue, results
   stored and messages acked (publishing not included);
-* ``latency_ms``    — ``delay().get()`` round trip, one task at a time: p50, p90, p99.
+* ``latency_ms``    — ``delay().get()`` round trip, one task at a time: p50, p90, p99;
+* ``cpu_us_per_task`` — CPU time per task of this process (client and worker threads: the
+  benchmark runs both in one process, so they share the GIL) and, for Redis, of the server;
+* ``load_average``  — the machine's 1-minute load when the scenario ended (the figures are
+  only comparable between runs at a similar load).
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ def run(
         "bench",
         broker_url=f"memory://{name}" if broker == "memory://" else broker,
         result_store=f"memory://{name}" if result_store == "memory://" else result_store,
+        result_expires=600,  # the results of a run (20,000+) vanish from the store soon after
         environ={},
         set_as_current=False,
     )
@@ -89,22 +96,29 @@ def run(
 
     queue = f"bench-{name}"
     app.transport.purge(queue)
+    batch = batch_publish(app, noop, f"{queue}-batch", tasks)
     started = time.perf_counter()
     results = [noop.apply_async((i,), queue=queue) for i in range(tasks)]
     publish_seconds = time.perf_counter() - started
 
+    server = ServerCpu(broker)
     with start_worker(app, pool=pool, concurrency=concurrency, queues=[queue], prefetch_multiplier=prefetch_multiplier):
-        started = time.perf_counter()
+        started, cpu, server_cpu = time.perf_counter(), time.process_time(), server.seconds()
         wait_all(app, [r.id for r in results], timeout=600)
         drain_seconds = time.perf_counter() - started
+        drain_cpu = (time.process_time() - cpu, server.since(server_cpu))
         latencies = []
+        cpu, server_cpu = time.process_time(), server.seconds()
         for i in range(latency_samples):
             begin = time.perf_counter()
             noop.apply_async((i,), queue=queue).get(timeout=10)
             latencies.append((time.perf_counter() - begin) * 1000)
+        latency_cpu = (time.process_time() - cpu, server.since(server_cpu))
     for result in results[:: max(1, tasks // 100)]:
         result.forget()
     app.close()
+    server.delete_matching(f"*{queue}*")  # the queue's streams (the interface has no delete)
+    server.close()
     return {
         "benchmark": "throughput",
         "broker": broker.split("://")[0],
@@ -114,13 +128,82 @@ def run(
         "prefetch_multiplier": prefetch_multiplier,
         "tasks": tasks,
         "publish_per_s": round(tasks / publish_seconds),
+        **batch,
         "drain_per_s": round(tasks / drain_seconds),
         "latency_ms": {
             "p50": round(statistics.median(latencies), 3),
             "p90": round(percentile(latencies, 0.90), 3),
             "p99": round(percentile(latencies, 0.99), 3),
         },
+        # CPU per task (µs): this process (client + worker threads) and the broker server
+        # (Redis only); steadier than wall-clock rates on a shared machine.
+        "cpu_us_per_task": {
+            "drain_process": round(drain_cpu[0] / tasks * 1e6, 1),
+            "drain_server": _per_task(drain_cpu[1], tasks),
+            "round_trip_process": round(latency_cpu[0] / max(latency_samples, 1) * 1e6, 1),
+            "round_trip_server": _per_task(latency_cpu[1], latency_samples),
+        },
+        "load_average": os.getloadavg()[0],
     }
+
+
+def batch_publish(app: Celeriac, task: Any, queue: str, count: int) -> dict[str, int]:
+    """``count`` messages sent in one batch (``transport.publish_many``, one pipeline): the
+    messages are built by ``apply_async`` with the transport's ``publish`` captured, then sent
+    together. Rates without and with building the messages."""
+    transport = app.transport
+    captured: list[tuple[Any, str]] = []
+    transport.publish = lambda envelope, queue, *, eta=None: captured.append((envelope, queue))  # type: ignore[method-assign]
+    try:
+        started = time.perf_counter()
+        for i in range(count):
+            task.apply_async((i,), queue=queue)
+        build_seconds = time.perf_counter() - started
+    finally:
+        del transport.publish
+    started = time.perf_counter()
+    transport.publish_many(captured)
+    send_seconds = time.perf_counter() - started
+    transport.purge(queue)
+    return {
+        "publish_batch_per_s": round(count / send_seconds),
+        "publish_batch_with_encoding_per_s": round(count / (build_seconds + send_seconds)),
+    }
+
+
+def _per_task(seconds: float | None, count: int) -> float | None:
+    return None if seconds is None else round(seconds / max(count, 1) * 1e6, 1)
+
+
+class ServerCpu:
+    """The Redis server behind ``broker``: CPU seconds it used so far (``INFO cpu``) and key
+    cleanup; does nothing (``None``) for other brokers."""
+
+    def __init__(self, broker: str) -> None:
+        self._client: Any = None
+        if broker.split("://")[0] in {"redis", "rediss", "unix"}:
+            import redis
+
+            self._client = redis.Redis.from_url(broker)
+
+    def seconds(self) -> float | None:
+        if self._client is None:
+            return None
+        info = self._client.info("cpu")
+        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+    def since(self, start: float | None) -> float | None:
+        now = self.seconds()
+        return None if now is None or start is None else now - start
+
+    def delete_matching(self, pattern: str) -> None:
+        if self._client is not None:
+            for key in list(self._client.scan_iter(match=pattern, count=1000)):
+                self._client.delete(key)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
 
 def default_result_store(broker: str) -> str:
@@ -187,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
                         "pool": f"{row['pool']}x{row['concurrency']}",
                         "drain_vs_ceiling": round(row["drain_per_s"] / ceiling["drain_per_s"], 2),
                         "publish_vs_ceiling": round(row["publish_per_s"] / ceiling["publish_per_s"], 2),
-                        "p50_latency_vs_ceiling": round(row["latency_ms"]["p50"] / ceiling["p50_ms"], 2),
+                        **{
+                            f"{p}_latency_vs_ceiling": round(row["latency_ms"][p] / ceiling[f"{p}_ms"], 2)
+                            for p in ("p50", "p90", "p99")
+                            if ceiling.get(f"{p}_ms")
+                        },
                     }
                     sys.stdout.write(json.dumps(fraction) + "\n")
     return 0
@@ -225,6 +312,8 @@ def run_ceiling(broker: str, messages: int, samples: int) -> dict[str, Any] | No
         "publish_per_s": merged.get("push_per_s") or merged.get("publish_per_s"),
         "drain_per_s": merged.get("pop_blocking_per_s") or merged.get("drain_per_s"),
         "p50_ms": latency.get("p50"),
+        "p90_ms": latency.get("p90"),
+        "p99_ms": latency.get("p99"),
         "raw": merged,
     }
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import os
+import threading
 import time
 import traceback as traceback_module
 import uuid
@@ -17,10 +19,21 @@ from .exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TaskContro
 from .task import Request, current_request
 
 if TYPE_CHECKING:
+    from .app import Celeriac
     from .result import EagerResult
     from .task import Task
+    from .worker import Worker
 
-__all__ = ["IGNORED", "REJECTED", "Outcome", "execute", "run_eagerly"]
+__all__ = [
+    "IGNORED",
+    "REJECTED",
+    "Outcome",
+    "execute",
+    "execute_async",
+    "init_pool_process",
+    "is_async_task",
+    "run_eagerly",
+]
 
 #: Outcome states that are not stored.
 IGNORED = "IGNORED"
@@ -49,57 +62,106 @@ def execute(task: Task[..., Any], request: Request) -> Outcome:
     Never raises for anything the task does; the caller stores the outcome and settles the
     message.
     """
-    app = task.app
-    plugins = app.plugins
     token = current_request.set(request)
     started = time.perf_counter()
-    outcome: Outcome
-    retval: Any = None
     try:
-        plugins.task_prerun(app, task, request.id, request.args, request.kwargs)
-        if not request.is_eager and (
-            task.track_started if task.track_started is not None else app.conf.task_track_started
-        ):
-            app.store_result(
-                request.id, states.STARTED, {"pid": os.getpid(), "hostname": request.hostname}, request=request
-            )
+        _before(task, request)
         try:
             retval = _call(task, request)
-            _workflow.dispatch_success(app, request, retval)
-        except Retry as retry:
-            retval = retry
-            reason = str(retry.exc) if retry.exc is not None else str(retry)
-            outcome = Outcome(
-                request.id,
-                states.RETRY,
-                exception_to_data(retry.exc or retry),
-                exception=retry,
-                stored=retry.stored,
-            )
-            plugins.task_retry(app, task, request, reason)
-        except Ignore as ignore:
-            retval = ignore
-            outcome = Outcome(request.id, IGNORED, exception=ignore)
-        except Reject as reject:
-            retval = reject
-            outcome = Outcome(request.id, REJECTED, reject.reason, requeue=reject.requeue, exception=reject)
+            _workflow.dispatch_success(task.app, request, retval)
         except Exception as exc:
-            retval = exc
-            if isinstance(exc, SoftTimeLimitExceeded | TimeLimitExceeded) and not exc.args:
-                kind = "soft" if isinstance(exc, SoftTimeLimitExceeded) else "hard"
-                exc.args = (f"{task.name}[{request.id}] exceeded its {kind} time limit",)
-            text = traceback_module.format_exc()
-            outcome = Outcome(request.id, states.FAILURE, exception_to_data(exc), text, exception=exc)
-            plugins.task_failure(app, task, request.id, exc, request.args, request.kwargs, text)
-            _workflow.run_errbacks(app, task, request, exc, text)
+            outcome, retval = _failed(task, request, exc)
         else:
-            outcome = Outcome(request.id, states.SUCCESS, retval)
-            plugins.task_success(app, task, retval)
-        outcome.runtime = time.perf_counter() - started
-        plugins.task_postrun(app, task, request.id, request.args, request.kwargs, retval, outcome.state)
-        return outcome
+            outcome = _succeeded(task, request, retval)
+        return _after(task, request, outcome, retval, started)
     finally:
         current_request.reset(token)
+
+
+async def execute_async(task: Task[..., Any], request: Request) -> Outcome:
+    """:func:`execute` for an event loop: an ``async def`` task body is awaited on the running
+    loop (signals and result writes around it run there too, as in :func:`execute`); a plain
+    task body runs in the loop's default executor, so it never blocks the loop."""
+    if not is_async_task(task):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, contextvars.copy_context().run, execute, task, request)
+    token = current_request.set(request)
+    started = time.perf_counter()
+    try:
+        _before(task, request)
+        try:
+            retval = await _call_async(task, request)
+            _workflow.dispatch_success(task.app, request, retval)
+        except Exception as exc:
+            outcome, retval = _failed(task, request, exc)
+        else:
+            outcome = _succeeded(task, request, retval)
+        return _after(task, request, outcome, retval, started)
+    finally:
+        current_request.reset(token)
+
+
+def init_pool_process(app: Celeriac, worker: Worker, parent_pid: int) -> None:
+    """The ``process_init`` the worker gives its pool: fires ``worker_process_init``. In a
+    forked child (``processes`` pool) the app first drops the broker and result-store clients
+    it inherited, and their locks, which another thread of the parent may have held at ``fork``:
+    the child opens its own on first use and never touches the parent's sockets."""
+    if os.getpid() != parent_pid:
+        app._lock = threading.RLock()
+        app._transport = None
+        app._result_store = None
+    app.plugins.worker_process_init(app, worker)
+
+
+def is_async_task(task: Task[..., Any]) -> bool:
+    """True when the task body is an ``async def`` (a coroutine function)."""
+    return bool(getattr(task, "is_coroutine", False)) or inspect.iscoroutinefunction(task.run)
+
+
+def _before(task: Task[..., Any], request: Request) -> None:
+    app = task.app
+    app.plugins.task_prerun(app, task, request.id, request.args, request.kwargs)
+    if not request.is_eager and (task.track_started if task.track_started is not None else app.conf.task_track_started):
+        started = {"pid": os.getpid(), "hostname": request.hostname}
+        app.store_result(request.id, states.STARTED, started, request=request)
+
+
+def _succeeded(task: Task[..., Any], request: Request, retval: Any) -> Outcome:
+    app = task.app
+    app.plugins.task_success(app, task, retval)
+    return Outcome(request.id, states.SUCCESS, retval)
+
+
+def _failed(task: Task[..., Any], request: Request, exc: Exception) -> tuple[Outcome, Any]:
+    """The outcome of a task body (or its success callbacks) that raised ``exc``; call it from
+    the ``except`` block, so the traceback is the one being handled."""
+    app = task.app
+    plugins = app.plugins
+    outcome: Outcome
+    if isinstance(exc, Retry):
+        reason = str(exc.exc) if exc.exc is not None else str(exc)
+        outcome = Outcome(request.id, states.RETRY, exception_to_data(exc.exc or exc), exception=exc, stored=exc.stored)
+        plugins.task_retry(app, task, request, reason)
+    elif isinstance(exc, Ignore):
+        outcome = Outcome(request.id, IGNORED, exception=exc)
+    elif isinstance(exc, Reject):
+        outcome = Outcome(request.id, REJECTED, exc.reason, requeue=exc.requeue, exception=exc)
+    else:
+        if isinstance(exc, SoftTimeLimitExceeded | TimeLimitExceeded) and not exc.args:
+            kind = "soft" if isinstance(exc, SoftTimeLimitExceeded) else "hard"
+            exc.args = (f"{task.name}[{request.id}] exceeded its {kind} time limit",)
+        text = traceback_module.format_exc()
+        outcome = Outcome(request.id, states.FAILURE, exception_to_data(exc), text, exception=exc)
+        plugins.task_failure(app, task, request.id, exc, request.args, request.kwargs, text)
+        _workflow.run_errbacks(app, task, request, exc, text)
+    return outcome, exc
+
+
+def _after(task: Task[..., Any], request: Request, outcome: Outcome, retval: Any, started: float) -> Outcome:
+    app = task.app
+    outcome.runtime = time.perf_counter() - started
+    app.plugins.task_postrun(app, task, request.id, request.args, request.kwargs, retval, outcome.state)
+    return outcome
 
 
 def _call(task: Task[..., Any], request: Request) -> Any:
@@ -109,6 +171,21 @@ def _call(task: Task[..., Any], request: Request) -> Any:
         retval = task.run(*request.args, **request.kwargs)
         if inspect.iscoroutine(retval):
             retval = asyncio.run(retval)
+        return retval
+    except TaskControl:
+        raise
+    except Exception as exc:
+        if not task.should_autoretry(exc):
+            raise
+        task.retry(exc=exc, **task.autoretry_options(request.retries))
+
+
+async def _call_async(task: Task[..., Any], request: Request) -> Any:
+    """:func:`_call` for an ``async def`` body, awaited on the running loop."""
+    try:
+        retval = task.run(*request.args, **request.kwargs)
+        if inspect.isawaitable(retval):
+            retval = await retval
         return retval
     except TaskControl:
         raise

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-__all__ = ["Pool", "TimeLimits"]
+__all__ = ["InThread", "Pool", "TimeLimits"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +26,15 @@ class TimeLimits:
     hard: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class InThread:
+    """What a runner returns to a pool that runs coroutines (:attr:`Pool.runs_coroutines`)
+    for blocking work: the pool calls ``function()`` in a thread, never on its event loop, and
+    hands its return value to ``on_done``."""
+
+    function: Callable[[], Any]
+
+
 class Pool(ABC):
     """Base class of every pool plugin."""
 
@@ -33,6 +42,12 @@ class Pool(ABC):
     name: ClassVar[str] = ""
     #: True when items run in the caller's thread (``solo``): ``submit`` returns after ``on_done``.
     runs_inline: ClassVar[bool] = False
+    #: True when the pool calls the runner on an event loop. The runner must not block there:
+    #: it returns an awaitable (the worker's runner: a coroutine for an ``async def`` task),
+    #: which the pool awaits, or :class:`InThread` (a plain task), which the pool runs in a thread.
+    runs_coroutines: ClassVar[bool] = False
+    #: :class:`InThread`, reachable from pool plugins as ``celeriac.Pool.InThread``.
+    InThread: ClassVar[type[InThread]] = InThread
 
     def __init__(self, concurrency: int, options: Mapping[str, Any] | None = None) -> None:
         if concurrency < 1:

@@ -41,7 +41,7 @@ from .. import _workflow, states
 from .._envelope import Delivery, Envelope
 from .._exceptions_data import exception_to_data
 from .._execution import IGNORED, REJECTED, Outcome, execute
-from ..exceptions import ContentDisallowed, DecodeError, NotRegistered, Terminated, WorkerLostError
+from ..exceptions import ConfigError, ContentDisallowed, DecodeError, NotRegistered, Terminated, WorkerLostError
 from ..pool import Pool, TimeLimits
 from ..resultstore import ResultRecord
 from ..task import Request, Task
@@ -120,6 +120,12 @@ class Worker:
             if conf[f"worker_{key}"] is not None:
                 self.pool_options.setdefault(key, conf[f"worker_{key}"])
         self.max_deliveries: int = conf.worker_max_deliveries or 0
+        autoscale = conf.worker_autoscale
+        if autoscale is not None and (len(autoscale) != 2 or min(autoscale) < 0 or max(autoscale) < 1):
+            raise ConfigError(
+                f"{conf.origin('worker_autoscale')}: [celeriac.worker] autoscale: expected [min, max] "
+                f"with 0 <= min and max >= 1, got {autoscale!r}"
+            )
         self.autoscaler: Any = None
         self.stats = WorkerStats()
         self.revoked: collections.OrderedDict[str, float] = collections.OrderedDict()
@@ -158,7 +164,20 @@ class Worker:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect, start the pool and the consumer; returns once the worker is consuming."""
+        """Connect, start the pool and the consumer; returns once the worker is consuming.
+
+        If starting fails after ``worker_init`` fired, what was started is stopped again and
+        ``worker_shutdown`` fires, so plugins release what they set up (ports, files)."""
+        try:
+            self._start()
+        except BaseException:
+            try:
+                self.stop(warm=False)
+            except Exception:
+                logger.exception("%s: could not clean up after a failed start", self.hostname)
+            raise
+
+    def _start(self) -> None:
         app = self.app
         app.plugins.worker_init(app, self)
         app.import_modules()
@@ -171,8 +190,12 @@ class Worker:
         self.transport = app.create_transport()
         for name in self.queues:
             self.transport.declare_queue(name)
-        self.pool = app.plugins.pool(self.pool_name, self.concurrency, self.pool_options, app)
-        self.pool.start(self._run, lambda: app.plugins.worker_process_init(app, self))
+        autoscale = app.conf.worker_autoscale  # with autoscale the pool starts at its min
+        size = max(1, min(autoscale)) if autoscale else self.concurrency
+        self.pool = app.plugins.pool(self.pool_name, size, self.pool_options, app)
+        from .._execution import init_pool_process
+
+        self.pool.start(self._run, functools.partial(init_pool_process, app, self, os.getpid()))
         self._prefetch_sent = self.prefetch_limit
         self.transport.set_prefetch(self._prefetch_sent)
         self.events = WorkerEvents(self)
@@ -185,7 +208,7 @@ class Worker:
         if app.conf.worker_autoscale:
             from ._autoscale import Autoscaler
 
-            low, high = app.conf.worker_autoscale
+            low, high = sorted(app.conf.worker_autoscale)
             self.autoscaler = Autoscaler(self, low, high)
             self._spawn(self.autoscaler.run, "autoscaler")
         if app.conf.worker_enable_remote_control:
@@ -285,7 +308,8 @@ class Worker:
             pending = list(self._reserved)
             self._reserved.clear()
             self._held -= len(pending)
-        assert self.transport is not None
+        if self.transport is None:
+            return
         for job in pending:
             if job.acks_late:
                 self._safely(self.transport.reject, job.delivery, requeue=True)

@@ -159,6 +159,7 @@ class ThreadPool(Pool):
         self._runner: Callable[[Any], Any] | None = None
         self._stopped = False
         self._outstanding = 0
+        self._processed = 0
         self._watchdog = _Watchdog()
 
     def start(self, runner: Callable[[Any], Any], process_init: Callable[[], None]) -> None:
@@ -240,6 +241,15 @@ class ThreadPool(Pool):
             info["threads"] = [thread.name for thread in self._threads]
         return info
 
+    def stats(self) -> dict[str, Any]:
+        """``info()`` plus busy/idle slot counts and items processed."""
+        info = self.info()
+        with self._lock:
+            info.update(
+                busy=self._outstanding, idle=max(0, self.concurrency - self._outstanding), processed=self._processed
+            )
+        return info
+
     def _check_accepting(self) -> None:
         if self._stopped:
             raise RuntimeError("the threads pool is stopped; it accepts no more items")
@@ -283,12 +293,57 @@ class ThreadPool(Pool):
                     self._watchdog.disarm(execution)
         with self._lock:
             self._outstanding -= 1
+            self._processed += 1
         callback, value = outcome
         try:
             callback(value)
         except BaseException:  # a pool thread must survive whatever a callback does
             which = "on_done" if callback is work.on_done else "on_error"
             logger.exception("threads pool: the %s callback of an item raised; the pool carries on", which)
+
+
+def new_watchdog() -> _Watchdog:
+    """A watchdog for threads that other pools run items on (``asyncio``'s executor)."""
+    return _Watchdog()
+
+
+def call_with_limits(watchdog: _Watchdog, function: Callable[[], Any], limits: TimeLimits | None) -> tuple[bool, Any]:
+    """Call ``function()`` in this thread with ``limits`` enforced by ``watchdog`` as in the
+    threads pool; ``(True, result)`` or ``(False, exception)``, never raises."""
+    execution = None
+    if limits is not None and (limits.soft is not None or limits.hard is not None):
+        execution = _Execution(threading.get_ident())
+    try:
+        if execution is not None and limits is not None:
+            watchdog.arm(execution, limits)
+        outcome: tuple[bool, Any] = (True, function())
+    except BaseException as exc:
+        outcome = (False, exc)
+    if execution is not None:
+        try:
+            watchdog.disarm(execution)
+        except _LIMIT_EXCEPTIONS:  # fired as the item finished: the outcome stands
+            try:
+                watchdog.disarm(execution)
+            except _LIMIT_EXCEPTIONS:
+                watchdog.disarm(execution)
+    return outcome
+
+
+def warn_about_hard_limits(app: Any) -> list[str]:
+    """Log one warning when ``task_time_limit`` or a registered task declares a hard time limit:
+    a thread cannot be killed, so here the hard limit only raises inside the task. Returns the
+    names it warned about (``"task_time_limit"`` for the app-wide setting)."""
+    declared = [name for name, task in sorted(app.tasks.items()) if getattr(task, "time_limit", None)]
+    if app.conf.task_time_limit:
+        declared.insert(0, "task_time_limit")
+    if declared:
+        logger.warning(
+            "threads pool: hard time limits (%s) cannot kill a thread; they raise TimeLimitExceeded "
+            "inside the task, which a task blocked in C code does not see. Use -P processes to enforce them.",
+            ", ".join(declared),
+        )
+    return declared
 
 
 def _check_step(n: int) -> None:

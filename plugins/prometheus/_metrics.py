@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shutil
@@ -103,6 +104,26 @@ class ProcessMetrics:
             self.server.close()
 
 
+class _SettledFilesCollector(MultiProcessCollector):
+    """prometheus_client's multiprocess collector, minus files still being created.
+
+    A process creates its ``.db`` file (empty) and only then sizes it; a scrape that globs the
+    directory in between would fail on the empty file (``struct.error``) and answer 500.
+    """
+
+    def collect(self) -> Any:
+        files = glob.glob(os.path.join(self._path, "*.db"))
+        settled = [name for name in files if _size(name) > 0]
+        return self.merge(settled, accumulate=True)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:  # removed meanwhile (a recycled child's files are kept; this is just safe)
+        return 0
+
+
 class MetricsServer:
     """The worker's ``/metrics`` endpoint and the multiprocess directory behind it."""
 
@@ -110,7 +131,7 @@ class MetricsServer:
         self.worker = worker
         self.directory = directory
         self.registry = CollectorRegistry(auto_describe=False)
-        MultiProcessCollector(self.registry, path=directory)  # type: ignore[no-untyped-call]
+        _SettledFilesCollector(self.registry, path=directory)  # type: ignore[no-untyped-call]
         self.registry.register(WorkerCollector(worker, probe_timeout))
         self.address: tuple[str, int] = ("", 0)
         self._httpd: Any = None

@@ -1,19 +1,21 @@
 """Blocking reads (``XREADGROUP ... BLOCK``) for fetches that found nothing ready.
 
-They use their own connection pool, whose socket timeout is longer than the longest block, and
-remember the server-side client id of every connection so :meth:`BlockingReader.unblock_all`
-can end the blocked reads with ``CLIENT UNBLOCK`` (used by ``wake`` and ``close``).
+They use their own connections (made by a redis-py pool whose socket timeout is longer than the
+longest block, then read with :mod:`._wire`'s lean RESP path) and remember the server-side client
+id of every connection so :meth:`BlockingReader.unblock_all` can end the blocked reads with
+``CLIENT UNBLOCK`` (used by ``wake`` and ``close``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import redis
 from celeriac.plugins.redis._connection import command_errors, connection_errors
+from celeriac.plugins.redis._wire import Connection
 
 __all__ = ["BlockingReader", "Entry", "Stream"]
 
@@ -55,27 +57,33 @@ def _fields(values: Sequence[bytes]) -> tuple[bytes | None, bytes, int, bytes | 
 
 
 class BlockingReader:
-    """Runs blocking group reads on a dedicated pool; thread-safe."""
+    """Runs blocking group reads on connections of a dedicated pool; thread-safe.
+
+    The reads go through :mod:`._wire`'s lean RESP path (redis-py opens the connections);
+    each connection's server-side client id is asked once, when it is opened.
+    """
 
     def __init__(self, client: Any, control: Any) -> None:
         self._client = client
         self._control = control
         self._lock = threading.Lock()
-        self._ids: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-        self._blocked: dict[Any, int] = {}
+        self._idle: list[tuple[Connection, int]] = []
+        self._blocked: dict[Connection, int] = {}
+        self._closed = False
 
-    def _on_connect(self, connection: Any) -> None:
-        """redis-py connect callback: the server gave the connection a new client id."""
-        connection.send_command("CLIENT", "ID", check_health=False)
-        self._ids[connection] = int(connection.read_response())
-
-    def _client_id(self, connection: Any) -> int:
-        client_id = self._ids.get(connection)
-        if client_id is None:
-            connection.register_connect_callback(self._on_connect)
-            self._on_connect(connection)
-            client_id = self._ids[connection]
-        return client_id
+    def _take(self) -> tuple[Connection, int]:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        connection = Connection(self._client.connection_pool.make_connection())
+        try:
+            client_id = connection.request(["CLIENT", "ID"])
+            if not isinstance(client_id, int):
+                raise redis.exceptions.ResponseError(f"CLIENT ID answered {client_id!r}")
+        except BaseException:
+            connection.close()
+            raise
+        return connection, client_id
 
     def read(
         self,
@@ -85,44 +93,46 @@ class BlockingReader:
         limit: int,
         seconds: float,
         cancelled: Callable[[], bool],
-    ) -> list[Entry]:
+        *,
+        precise: bool = False,
+    ) -> tuple[list[Entry], bool]:
         """Block up to ``seconds`` for new entries on ``streams``; ``[]`` on timeout or when
-        ``cancelled()`` (checked once the read is registered for :meth:`unblock_all`)."""
+        ``cancelled()`` (checked once the read is registered for :meth:`unblock_all`). The
+        flag says whether a wake-up entry was read.
+
+        Redis ends a ``BLOCK`` that timed out only at its next cron tick (every 100 ms with the
+        default ``hz 10``), so a block can return up to 100 ms late. With ``precise`` this
+        side keeps the time: when nothing came in ``seconds``, ``CLIENT UNBLOCK`` ends the
+        read (used when the block ends at a delayed message's due time).
+        """
         keys = [stream.key for stream in streams]
-        pool = self._client.connection_pool
-        connection = pool.get_connection()
+        connection, client_id = self._take()
+        reusable = False
         try:
-            client_id = self._client_id(connection)
             with self._lock:
                 self._blocked[connection] = client_id
-            try:
-                if cancelled():
-                    return []
-                connection.send_command(
-                    "XREADGROUP",
-                    "GROUP",
-                    group,
-                    consumer,
-                    "COUNT",
-                    limit,
-                    "BLOCK",
-                    max(int(seconds * 1000), 1),
-                    "STREAMS",
-                    *keys,
-                    *([">"] * len(keys)),
-                )
-                reply = connection.read_response()
-            finally:
-                with self._lock:
-                    self._blocked.pop(connection, None)
-        except BaseException:
-            connection.disconnect()
-            raise
+            if cancelled():
+                reusable = True
+                return [], False
+            command = ["XREADGROUP", "GROUP", group, consumer, "COUNT", limit, "BLOCK", max(int(seconds * 1000), 1)]
+            connection.send_command([*command, "STREAMS", *keys, *([">"] * len(keys))])
+            if precise and not connection.wait_readable(seconds):
+                self._control.execute_command("CLIENT", "UNBLOCK", client_id)  # the reply follows
+            reply = connection.read()
+            reusable = True
         finally:
-            pool.release(connection)
-        return self._entries(streams, group, reply) if reply else []
+            with self._lock:
+                self._blocked.pop(connection, None)
+                kept = reusable and not self._closed
+                if kept:
+                    self._idle.append((connection, client_id))
+            if not kept:
+                connection.close()
+        if isinstance(reply, redis.exceptions.ResponseError):
+            raise reply
+        return self._entries(streams, group, reply) if reply else ([], False)
 
-    def _entries(self, streams: Sequence[Stream], group: str, reply: list[Any]) -> list[Entry]:
+    def _entries(self, streams: Sequence[Stream], group: str, reply: list[Any]) -> tuple[list[Entry], bool]:
         by_key = {stream.key.encode(): stream for stream in streams}
         entries: list[Entry] = []
         ticks: list[tuple[str, bytes]] = []
@@ -143,7 +153,7 @@ class BlockingReader:
                 pipeline.execute()
             except connection_errors:
                 pass  # a tick left pending is harmless: the wake stream is capped
-        return entries
+        return entries, bool(ticks)
 
     def unblock_all(self) -> None:
         """End every blocked read now (they return as if timed out)."""
@@ -154,5 +164,10 @@ class BlockingReader:
                 self._control.execute_command("CLIENT", "UNBLOCK", client_id)
 
     def close(self) -> None:
-        """Disconnect the pool."""
+        """Disconnect every connection."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for connection, _ in idle:
+            connection.close()
         self._client.close()

@@ -11,6 +11,7 @@ __all__ = [
     "FETCH",
     "KEYS_PER_QUEUE",
     "LEVELS",
+    "OLDEST_MESSAGE_AGE",
     "PUBLISH_DELAYED",
     "PUBLISH_LEVEL",
     "PURGE",
@@ -272,6 +273,43 @@ for _, key in ipairs(KEYS) do
   end
 end
 return total
+"""
+
+#: Age (ms, by the server's clock) of the oldest ready message of one queue: per level, the
+#: first entry after the group's last-delivered id (the first entry where no group exists
+#: yet; a stream id starts with its unix ms), and delayed messages already due (waiting since
+#: their due time, until a fetch moves them into their stream); delayed messages still ahead
+#: are not ready. KEYS: the ten streams, then the delayed set. ARGV: group. Returns -1 when
+#: nothing is ready.
+OLDEST_MESSAGE_AGE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local oldest = -1
+local function seen(ms)
+  if oldest < 0 or ms < oldest then oldest = ms end
+end
+for i = 1, #KEYS - 1 do
+  local key = KEYS[i]
+  if redis.call('EXISTS', key) == 1 then
+    local start = '-'
+    local groups = redis.pcall('XINFO', 'GROUPS', key)
+    if type(groups) == 'table' and not groups.err then
+      for _, g in ipairs(groups) do
+        local name, last = nil, nil
+        for j = 1, #g, 2 do
+          if g[j] == 'name' then name = g[j + 1] elseif g[j] == 'last-delivered-id' then last = g[j + 1] end
+        end
+        if name == ARGV[1] and last then start = '(' .. last end
+      end
+    end
+    local first = redis.call('XRANGE', key, start, '+', 'COUNT', 1)
+    if first[1] then seen(tonumber(string.match(first[1][1], '^(%d+)'))) end
+  end
+end
+local due = redis.call('ZRANGEBYSCORE', KEYS[#KEYS], '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1)
+if due[2] then seen(tonumber(due[2])) end
+if oldest < 0 then return -1 end
+return math.max(now - oldest, 0)
 """
 
 #: Delete the ready messages of one queue (entries not delivered yet), leaving delivered

@@ -1,10 +1,12 @@
 """The ``redis://`` transport: Redis Streams with one consumer group per stream.
 
 See the package docstring (:mod:`celeriac.plugins.redis`) for the key layout and the
-delivery guarantees. Everything that must be atomic runs as a Lua script (:mod:`._scripts`);
-the hot path is one script call per fetch (delayed messages, lease sweep and reads together)
-and one per batch of acks. A fetch that finds nothing blocks in ``XREADGROUP BLOCK`` on a
-separate connection pool whose socket timeout exceeds the longest block.
+delivery guarantees. Everything that must be atomic runs as a Lua script (:mod:`._scripts`):
+the fetch script (due delayed messages, lease sweep, new priority levels and reads together)
+and one settle call per batch of acks. A fetch that finds nothing blocks in ``XREADGROUP
+BLOCK`` on separate connections whose socket timeout exceeds the longest block; a fetch soon
+after the script ran (nothing due, no wake-up since) goes straight to that ``XREADGROUP``,
+which returns at once when entries are ready — one command per fetch on the hot path.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ T = TypeVar("T")
 GROUP = "celeriac"
 #: Longest single ``XREADGROUP BLOCK``; longer fetches block several times.
 MAX_BLOCK = 2.0
+#: How long a fetch may skip the fetch script after it last ran (see ``_fetch``): bounds how
+#: late this consumer notices a new priority level whose wake-up entry another consumer read.
+SHORTCUT_LIFETIME = 0.1
 _LEVELS = range(_scripts.LEVELS - 1, -1, -1)  # 9 .. 0, the order of keys in a queue's block
 
 
@@ -86,6 +91,7 @@ class RedisTransport(celeriac.Transport):
         self._declared: set[str] = set()
         self._consumed: set[str] = set()
         self._keys: dict[tuple[str, ...], list[str]] = {}
+        self._shortcuts: dict[tuple[str, ...], tuple[list[int], float, float]] = {}  # masks, due, expiry
         self._rotation = 0
         self._generation = 0
         self._fetching = 0
@@ -275,15 +281,37 @@ class RedisTransport(celeriac.Transport):
         if keys is None:
             keys = self._keys[queues] = [key for queue in queues for key in self._queue_keys(queue)]
         backoff = 0.05
+        shortcut = self._shortcuts.pop(queues, None)
+        early: list[celeriac.Delivery] = []  # read alongside a wake-up entry
         while True:
             if self._closed or self._generation != generation:
+                if early:  # ours already: kept for the next fetch (close() hands them back)
+                    with self._lock:
+                        self._overflow.extend(early)
                 return []
             now = time.monotonic()
-            sweep = 0
-            if now >= self._next_sweep:
-                sweep = max(int(self._sweep_period * 1000), 1)
-                self._next_sweep = now + self._sweep_period
             try:
+                if shortcut is not None:
+                    # The last fetch script ran less than SHORTCUT_LIFETIME ago, found nothing
+                    # due before now and no sweep is due: read the streams it saw directly
+                    # (XREADGROUP returns at once when entries are there), one command instead
+                    # of the script. Anything else — nothing read, a wake-up entry (a new
+                    # level or an earlier ETA: what was read is merged with what the script
+                    # finds, by priority), an error — goes through the script.
+                    masks, due, expiry = shortcut
+                    shortcut = None
+                    until = min(deadline, due, expiry, self._next_sweep)
+                    if until - now >= 0.001:
+                        deliveries, woken = self._block(queues, masks, limit, until - now, generation, due <= until)
+                        if deliveries and not woken:
+                            self._shortcuts[queues] = (masks, due, expiry)
+                            return self._keep_overflow(deliveries, limit)
+                        early = deliveries
+                    now = time.monotonic()
+                sweep = 0
+                if now >= self._next_sweep:
+                    sweep = max(int(self._sweep_period * 1000), 1)
+                    self._next_sweep = now + self._sweep_period
                 self._declare(queues)
                 reply = self._scripts["FETCH"](
                     keys=keys,
@@ -298,13 +326,19 @@ class RedisTransport(celeriac.Transport):
                     ],
                 )
                 self._recovered()
+                masks = reply[1 : 1 + len(queues)]
+                due, expiry = self._due(reply[0]), now + SHORTCUT_LIFETIME
                 deliveries = self._deliveries(queues, keys, reply)
-                if deliveries:
-                    return deliveries
-                block = min(deadline, self._next_sweep, self._due(reply[0])) - time.monotonic()
+                if deliveries or early:
+                    self._shortcuts[queues] = (masks, due, expiry)
+                    return self._keep_overflow([*early, *deliveries], limit)
+                until = min(deadline, self._next_sweep, due)
+                block = until - time.monotonic()
                 if block >= 0.001:
-                    deliveries = self._block(queues, reply[1 : 1 + len(queues)], limit, block, generation)
+                    deliveries, woken = self._block(queues, masks, limit, block, generation, due <= until)
                     if deliveries:
+                        if not woken:
+                            self._shortcuts[queues] = (masks, due, expiry)
                         return self._keep_overflow(deliveries, limit)
                 backoff = 0.05
             except redis.exceptions.ResponseError as exc:
@@ -320,10 +354,18 @@ class RedisTransport(celeriac.Transport):
                 return []
 
     def _block(
-        self, queues: tuple[str, ...], masks: list[int], limit: int, seconds: float, generation: int
-    ) -> list[celeriac.Delivery]:
+        self,
+        queues: tuple[str, ...],
+        masks: list[int],
+        limit: int,
+        seconds: float,
+        generation: int,
+        precise: bool = False,
+    ) -> tuple[list[celeriac.Delivery], bool]:
         """Block on every stream of ``queues`` that exists (``masks``: one bit per level) and
-        on their wake streams."""
+        on their wake streams; the deliveries, and whether a wake-up entry was read.
+        ``precise``: the block ends at a delayed message's due time, which must not be late
+        (see :meth:`BlockingReader.read`)."""
         streams = [
             Stream(queue, level, self.stream_key(queue, level))
             for queue, mask in zip(queues, masks, strict=True)
@@ -331,13 +373,14 @@ class RedisTransport(celeriac.Transport):
             if mask >> level & 1
         ]
         streams += [Stream(queue, -1, self._wake_key(queue)) for queue in queues]
-        entries = self._reader.read(
+        entries, woken = self._reader.read(
             streams,
             GROUP,
             self.consumer,
             limit,
             min(seconds, MAX_BLOCK),
             lambda: self._closed or self._generation != generation,
+            precise=precise and seconds <= MAX_BLOCK,
         )
         return [
             self.delivery(
@@ -351,7 +394,7 @@ class RedisTransport(celeriac.Transport):
                 entry.earlier_deliveries + 1,
             )
             for entry in entries
-        ]
+        ], woken
 
     @staticmethod
     def _due(next_due_ms: int) -> float:
@@ -448,6 +491,16 @@ class RedisTransport(celeriac.Transport):
         script = self._scripts["QUEUE_LENGTH"]
         return int(self._retrying("read a queue length from", lambda: script(keys, [GROUP])))
 
+    def oldest_message_age(self, queue: str) -> float:
+        """Seconds the oldest ready message of ``queue`` has waited (0.0 when none is ready),
+        by the Redis server's clock: entries not yet delivered to the consumer group, and
+        delayed messages already due (counted from their due time); delayed messages still
+        ahead and delivered (unsettled) ones are not ready."""
+        keys = [*(self.stream_key(queue, level) for level in _LEVELS), self._delayed_key(queue)]
+        script = self._scripts["OLDEST_MESSAGE_AGE"]
+        age_ms = int(self._retrying("read the oldest message of", lambda: script(keys, [GROUP])))
+        return max(age_ms, 0) / 1000
+
     def purge(self, queue: str) -> int:
         """Delete the ready entries of ``queue``; delayed and delivered ones stay."""
         keys = [self.stream_key(queue, level) for level in _LEVELS]
@@ -461,7 +514,7 @@ class RedisTransport(celeriac.Transport):
         self._check_open()
         data = frame(*encode(envelope))
         key = self._channel_key(channel)
-        self._retrying("broadcast on", lambda: self._client.execute_command("PUBLISH", key, data))
+        self._retrying("broadcast on", lambda: self._wire.call("PUBLISH", key, data))
 
     def subscribe(self, channel: str) -> celeriac.Subscription:
         """SUBSCRIBE to ``channel``; returns once Redis confirmed the subscription."""

@@ -11,6 +11,8 @@ callers handle both paths alike. Anything unusual stays on the redis-py client.
 from __future__ import annotations
 
 import hashlib
+import os
+import select
 import socket
 import threading
 import weakref
@@ -19,7 +21,7 @@ from typing import Any
 
 import redis
 
-__all__ = ["Wire"]
+__all__ = ["Connection", "Script", "Wire"]
 
 _CRLF = b"\r\n"
 
@@ -27,23 +29,31 @@ _CRLF = b"\r\n"
 def _pack(args: Sequence[Any], out: list[bytes]) -> None:
     out.append(b"*%d\r\n" % len(args))
     for arg in args:
-        if isinstance(arg, bytes):
+        kind = type(arg)
+        if kind is bytes:
             data = arg
+        elif kind is str:
+            data = arg.encode()
+        elif kind is int:
+            data = b"%d" % arg
+        elif isinstance(arg, bytes | bytearray | memoryview):
+            data = bytes(arg)
         elif isinstance(arg, str):
             data = arg.encode()
         elif isinstance(arg, int | float) and not isinstance(arg, bool):
             data = repr(arg).encode()
         else:
             raise redis.exceptions.DataError(f"cannot send {type(arg).__name__} to redis")
-        out.append(b"$%d\r\n" % len(data))
-        out.append(data)
-        out.append(_CRLF)
+        if len(data) < 4096:
+            out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+        else:  # no copy of a large body into a new string
+            out += (b"$%d\r\n" % len(data), data, _CRLF)
 
 
-class _Connection:
+class Connection:
     """One socket opened by redis-py, read with a buffer of our own."""
 
-    __slots__ = ("__weakref__", "buffer", "connection", "position", "sock")
+    __slots__ = ("__weakref__", "buffer", "connection", "pid", "position", "sock")
 
     def __init__(self, connection: Any) -> None:
         connection.connect()
@@ -51,6 +61,7 @@ class _Connection:
         self.sock: socket.socket = connection._sock  # redis-py opened and authenticated it
         self.buffer = b""
         self.position = 0
+        self.pid = os.getpid()  # a forked child opens its own
 
     def close(self) -> None:
         self.connection.disconnect()
@@ -87,6 +98,35 @@ class _Connection:
                 return line
             self._fill()
 
+    def send_command(self, command: Sequence[Any]) -> None:
+        """Send one command (its reply is read with :meth:`read`)."""
+        out: list[bytes] = []
+        _pack(command, out)
+        self.send(b"".join(out))
+
+    def request(self, command: Sequence[Any]) -> Any:
+        """Send one command and read its reply (an error reply is returned, not raised); the
+        caller drops the connection when this raises (a reply may be half read)."""
+        self.send_command(command)
+        return self.read()
+
+    def wait_readable(self, seconds: float) -> bool:
+        """True once a reply is buffered or arriving, False after ``seconds`` without one."""
+        if self.position < len(self.buffer):
+            return True
+        pending = getattr(self.sock, "pending", None)  # TLS: bytes decrypted but not read yet
+        if pending is not None and pending():
+            return True
+        try:
+            if hasattr(select, "poll"):  # no limit on descriptor numbers, unlike select()
+                poller = select.poll()
+                poller.register(self.sock, select.POLLIN)
+                return bool(poller.poll(max(seconds, 0.0) * 1000))
+            readable, _, _ = select.select([self.sock], [], [], max(seconds, 0.0))
+        except (OSError, ValueError) as exc:
+            raise redis.exceptions.ConnectionError(f"error waiting for redis: {exc}") from None
+        return bool(readable)
+
     def read(self) -> Any:
         """One reply; an error reply is returned (not raised) as a ``ResponseError``."""
         line = self._line()
@@ -121,16 +161,16 @@ class Wire:
     def __init__(self, client: Any) -> None:
         self._pool = client.connection_pool
         self._local = threading.local()
-        self._all: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._all: weakref.WeakSet[Connection] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._closed = False
 
-    def _connection(self) -> _Connection:
-        connection: _Connection | None = getattr(self._local, "connection", None)
-        if connection is None:
+    def _connection(self) -> Connection:
+        connection: Connection | None = getattr(self._local, "connection", None)
+        if connection is None or connection.pid != os.getpid():
             if self._closed:
                 raise redis.exceptions.ConnectionError("the connection was closed")
-            connection = _Connection(self._pool.make_connection())
+            connection = Connection(self._pool.make_connection())
             with self._lock:
                 self._all.add(connection)
             self._local.connection = connection

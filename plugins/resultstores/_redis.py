@@ -29,8 +29,10 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar, TypeVar
@@ -316,6 +318,197 @@ class _Lean:
             connection.disconnect()
 
 
+class _Push(list[Any]):
+    """A RESP3 push frame (pub/sub messages and (un)subscribe confirmations)."""
+
+
+class _NoResp3(Exception):
+    """The server does not speak RESP3 (Redis before 6): waits go through the listener."""
+
+
+class _Waiter:
+    """One thread's subscriber connection, switched to RESP3 with ``HELLO 3``.
+
+    In RESP3 a subscribed connection still runs ordinary commands, so a wait is one write —
+    ``SUBSCRIBE channel`` then ``GET key`` (Redis runs them in that order, so no write can fall
+    in between unseen) — and the published record wakes the waiting thread itself: no listener
+    thread and no hand-off between threads. The channel stays subscribed after the wait and
+    the next wait's write unsubscribes it first (one write per wait; a late message on it is
+    skipped by its channel name). While nothing arrives, a ``GET`` every ``period`` seconds
+    checks the connection (a missing answer means it is dead).
+    """
+
+    def __init__(self, pool: Any, period: float) -> None:
+        self.period = period
+        self.broken = False
+        self.connection = pool.make_connection()
+        self.connection.connect()
+        self.sock: Any = self.connection._sock  # redis-py opened it (TLS, AUTH, SELECT)
+        self.buffer = b""
+        self.position = 0
+        self.timeout: float | None = self.sock.gettimeout()
+        self.subscribed: bytes | None = None
+        self.owed = 0  # replies to GETs not read yet
+        self.pid = os.getpid()  # a forked child opens its own
+        weakref.finalize(self, self.connection.disconnect)  # a thread that ended takes its waiter
+        try:
+            self._send([["HELLO", "3"]])
+            reply = self._read(time.monotonic() + period)
+        except BaseException:
+            self.close()
+            raise
+        if isinstance(reply, redis.exceptions.ResponseError) or reply is _TIMED_OUT:
+            self.close()
+            raise _NoResp3(str(reply))
+
+    def close(self) -> None:
+        self.broken = True
+        self.connection.disconnect()
+
+    def _send(self, commands: Sequence[Sequence[Any]]) -> None:
+        out: list[bytes] = []
+        for command in commands:
+            out.append(b"*%d\r\n" % len(command))
+            for arg in command:
+                data = arg if isinstance(arg, bytes) else str(arg).encode()
+                out += (b"$%d\r\n" % len(data), data, b"\r\n")
+        self.sock.sendall(b"".join(out))
+
+    def _fill(self, deadline: float) -> bool:
+        """Read more bytes; False if ``deadline`` (monotonic) passed first."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        timeout = self.period if remaining >= self.period else remaining
+        if timeout != self.timeout:  # a syscall: only when a deadline is close
+            self.sock.settimeout(timeout)
+            self.timeout = timeout
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return False
+        if not data:
+            raise redis.exceptions.ConnectionError("redis closed the connection")
+        self.buffer, self.position = self.buffer[self.position :] + data, 0
+        return True
+
+    def _line(self, deadline: float) -> bytes | None:
+        while (end := self.buffer.find(b"\r\n", self.position)) < 0:
+            if not self._fill(deadline):
+                return None
+        line, self.position = self.buffer[self.position : end], end + 2
+        return line
+
+    def _read(self, deadline: float) -> Any:
+        """One RESP3 frame, or ``_TIMED_OUT`` if none started before ``deadline``. Once a frame
+        started it is read to its end (a half-read frame would poison the connection)."""
+        line = self._line(deadline)
+        if line is None:
+            return _TIMED_OUT
+        return self._frame(line)
+
+    def _next(self) -> Any:
+        """The next frame inside one that started (its bytes are on their way)."""
+        line = self._line(time.monotonic() + self.period)
+        if line is None:
+            raise redis.exceptions.TimeoutError("timeout reading from redis")
+        return self._frame(line)
+
+    def _frame(self, line: bytes) -> Any:
+        kind, rest = line[:1], line[1:]
+        if not kind:
+            raise redis.exceptions.InvalidResponse("empty line from redis")
+        if kind in b"$=!":
+            size = int(rest)
+            if size < 0:
+                return None
+            while len(self.buffer) - self.position < size + 2:
+                if not self._fill(time.monotonic() + self.period):
+                    raise redis.exceptions.TimeoutError("timeout reading from redis")
+            data = self.buffer[self.position : self.position + size]
+            self.position += size + 2
+            if kind == b"!":
+                return redis.exceptions.ResponseError(data.decode(errors="replace"))
+            return data[4:] if kind == b"=" else data
+        if kind in b"*~>%|":
+            count = int(rest)
+            if count < 0:
+                return None
+            items = [self._next() for _ in range(count * 2 if kind in b"%|" else count)]
+            if kind == b"|":  # attributes precede the frame they describe
+                return self._next()
+            return _Push(items) if kind == b">" else items
+        if kind in b":(":
+            return int(rest)
+        if kind == b",":
+            return float(rest)
+        if kind == b"#":
+            return rest == b"t"
+        if kind == b"_":
+            return None
+        if kind == b"-":
+            return redis.exceptions.ResponseError(rest.decode(errors="replace"))
+        return rest
+
+    def wait(
+        self, key: bytes, task_id: str, states: frozenset[str], deadline: float | None
+    ) -> celeriac.ResultRecord | None:
+        """Wait on ``key``'s channel until the record is in ``states`` or ``deadline`` passes
+        (the record is read once even when it passed already); returns the latest record seen.
+
+        Replies come in the order of the commands; those still owed to an earlier wait (it
+        timed out before its ``GET`` was answered) are skipped.
+        """
+        record: celeriac.ResultRecord | None = None
+        try:
+            commands: list[list[Any]] = [["SUBSCRIBE", key], ["GET", key]]
+            if self.subscribed is not None and self.subscribed != key:
+                commands.insert(0, ["UNSUBSCRIBE", self.subscribed])
+            self.subscribed = key
+            self._send(commands)
+            stale = self.owed
+            self.owed += 1
+            checked = False  # this wait's first GET was answered
+            while True:
+                until = time.monotonic() + self.period
+                if checked and deadline is not None:
+                    until = min(until, deadline)
+                reply = self._read(until)
+                if reply is _TIMED_OUT:
+                    if checked and deadline is not None and time.monotonic() >= deadline:
+                        return record
+                    if self.owed:  # a whole period without an answer: the connection is dead
+                        raise redis.exceptions.TimeoutError("redis did not answer within the socket timeout")
+                    self._send([["GET", key]])
+                    self.owed += 1
+                    continue
+                if isinstance(reply, _Push):
+                    if len(reply) < 3 or reply[0] != b"message" or reply[1] != key:
+                        continue  # a confirmation, or a message for an earlier wait
+                    value = reply[2]
+                else:
+                    self.owed -= 1
+                    if stale:
+                        stale -= 1
+                        continue
+                    if isinstance(reply, redis.exceptions.ResponseError):
+                        raise reply
+                    checked = True
+                    value = reply
+                if value is not None:
+                    record = decode_record(task_id, value) or record
+                    if record is not None and record.state in states:
+                        return record
+                if checked and deadline is not None and time.monotonic() >= deadline:
+                    return record
+        except BaseException:
+            self.close()
+            raise
+
+
+_TIMED_OUT = object()
+
+
 class RedisResultStore(celeriac.ResultStore):
     """Results in Redis; thread-safe (pooled connections, one notification listener)."""
 
@@ -342,6 +535,10 @@ class RedisResultStore(celeriac.ResultStore):
         self._lean = _Lean(self._client)
         self._listener: _Listener | None = None
         self._listener_lock = threading.Lock()
+        self._period = float(settings.get("socket_timeout", _DEFAULTS["socket_timeout"]))
+        self._waiters = threading.local()
+        self._all_waiters: weakref.WeakSet[_Waiter] = weakref.WeakSet()
+        self._resp3 = True
 
     def _key(self, task_id: str) -> str:
         return f"{self.prefix}celery-task-meta-{task_id}"
@@ -416,11 +613,56 @@ class RedisResultStore(celeriac.ResultStore):
     ) -> celeriac.ResultRecord | None:
         """Block until ``task_id`` is in one of ``states``, woken by the record's PUBLISH.
 
-        Reads the record first; otherwise subscribes, reads again once the subscription is
-        confirmed (a write in between would be missed otherwise), then waits for
-        notifications. Returns the latest record seen (or ``None``) when ``timeout`` passes.
+        Subscribes and reads the record in one round trip on this thread's RESP3 connection
+        (:class:`_Waiter`), then reads notifications on it: the thread that waits is the one
+        woken. Returns the latest record seen (or ``None``) when ``timeout`` passes; raises
+        ``TransportError`` when Redis stays unreachable for ``retry_timeout``.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        key = self._key(task_id).encode()
+        failing_since: float | None = None
+        delay = 0.05
+        while self._resp3:
+            try:
+                waiter = self._waiter()
+                return waiter.wait(key, task_id, states, deadline)
+            except _NoResp3:
+                self._resp3 = False
+            except redis.exceptions.ResponseError as exc:
+                raise celeriac.TransportError(f"the result store at {self.where} refused to wait: {exc}") from None
+            except _ERRORS as exc:
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                if now - failing_since + delay >= self.retry_timeout:
+                    raise celeriac.TransportError(
+                        f"cannot wait on the result store at {self.where}: {exc}; is redis-server running "
+                        f"there and result_store right?"
+                    ) from None
+                if deadline is not None and now + delay >= deadline:
+                    return None
+                time.sleep(delay)  # reconnect backoff
+                delay = min(delay * 2, 1.0)
+        return self._wait_listening(task_id, states, deadline)
+
+    def _waiter(self) -> _Waiter:
+        """This thread's waiter connection (a new one after a failure)."""
+        waiter: _Waiter | None = getattr(self._waiters, "waiter", None)
+        if waiter is None or waiter.broken or waiter.pid != os.getpid():
+            waiter = _Waiter(self._client.connection_pool, self._period)
+            with self._listener_lock:
+                self._all_waiters.add(waiter)
+            self._waiters.waiter = waiter
+        return waiter
+
+    def _wait_listening(
+        self, task_id: str, states: frozenset[str], deadline: float | None
+    ) -> celeriac.ResultRecord | None:
+        """``wait`` for servers without RESP3: through the shared pub/sub listener thread.
+
+        Reads the record first; otherwise subscribes, reads again once the subscription is
+        confirmed (a write in between would be missed otherwise), then waits for
+        notifications.
+        """
         record = self.get(task_id)
         if record is not None and record.state in states:
             return record
@@ -465,9 +707,75 @@ class RedisResultStore(celeriac.ResultStore):
             listener, self._listener = self._listener, None
         if listener is not None:
             listener.stop()
+        with self._listener_lock:
+            waiters = list(self._all_waiters)
+        for waiter in waiters:
+            waiter.close()
         self._lean.close()
         self._client.close()
 
     def info(self) -> dict[str, Any]:
         """The store class, address (no credentials) and key prefix."""
         return {**super().info(), "result_store": type(self).__name__, "where": self.where, "prefix": self.prefix}
+
+    # -- leases and small values (beat) ------------------------------------------------------
+
+    def _lease_key(self, name: str) -> str:
+        return f"{self.prefix}celeriac-lease-{name}"
+
+    def _meta_key(self, key: str) -> str:
+        return f"{self.prefix}celeriac-meta-{key}"
+
+    def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        """``SET NX PX`` when free, ``PEXPIRE`` when ``owner`` holds it: one Lua script, atomic."""
+        key, milliseconds = self._lease_key(name), max(int(ttl * 1000), 1)
+        taken = self._retrying(
+            "take a lease in", lambda: self._client.eval(_ACQUIRE_LEASE, 1, key, owner, milliseconds)
+        )
+        return bool(taken)
+
+    def release_lease(self, name: str, owner: str) -> bool:
+        """Delete the lease if ``owner`` holds it (compare-and-delete in Lua)."""
+        key = self._lease_key(name)
+        released = self._retrying("release a lease in", lambda: self._client.eval(_RELEASE_LEASE, 1, key, owner))
+        return bool(released)
+
+    def lease_owner(self, name: str) -> str | None:
+        """The holder of lease ``name`` (Redis expires it), or ``None``."""
+        value = self._retrying("read a lease from", lambda: self._lean.call("GET", self._lease_key(name)))
+        return None if value is None else bytes(value).decode()
+
+    def get_meta(self, key: str) -> str | None:
+        """The value stored under ``key``, or ``None``."""
+        value = self._retrying("read from", lambda: self._lean.call("GET", self._meta_key(key)))
+        return None if value is None else bytes(value).decode()
+
+    def set_meta(self, key: str, value: str, *, lease: str | None = None, owner: str | None = None) -> bool:
+        """``SET`` the value; fenced by ``lease``/``owner`` in one Lua script when given."""
+        meta_key = self._meta_key(key)
+        if lease is None:
+            self._retrying("write to", lambda: self._lean.call("SET", meta_key, value))
+            return True
+        lease_key = self._lease_key(lease)
+        written = self._retrying(
+            "write to", lambda: self._client.eval(_FENCED_SET, 2, lease_key, meta_key, owner or "", value)
+        )
+        return bool(written)
+
+
+#: KEYS[1] lease, ARGV[1] owner, ARGV[2] milliseconds -> 1 if the owner holds the lease now.
+_ACQUIRE_LEASE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+return 0
+"""
+#: KEYS[1] lease, ARGV[1] owner -> 1 if it was held by the owner and is now deleted.
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+#: KEYS[1] lease, KEYS[2] value key, ARGV[1] owner, ARGV[2] value -> 1 if written.
+_FENCED_SET = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[2], ARGV[2]) return 1 end
+return 0
+"""

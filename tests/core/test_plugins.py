@@ -102,7 +102,9 @@ def test_cli_commands_hook(app: Celeriac) -> None:
             return [hello]
 
     app.register_plugin(Plugin())
-    assert [c.name for c in app.plugins.cli_commands()] == ["hello"]
+    names = [c.name for c in app.plugins.cli_commands()]
+    assert "hello" in names
+    assert names.count("hello") == 1
 
 
 def test_third_party_plugin_from_config_adds_transport_and_signal(tmp_path: Path, fixtures_on_path: Path) -> None:

@@ -139,7 +139,7 @@ def test_worker_with_bad_config_fails_fast_with_one_line(
     result = subprocess.run([*CELERIAC, "worker"], cwd=cwd, env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "celeriac: worker.pool: no pool called 'gevent'; installed: solo, threads"
+        "celeriac: worker.pool: no pool called 'gevent'; installed: asyncio, processes, solo, threads"
     )
     assert "Traceback" not in result.stderr
 

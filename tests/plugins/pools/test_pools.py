@@ -14,6 +14,7 @@ import pluggy
 import pytest
 from celeriac import Pool, SoftTimeLimitExceeded, TimeLimitExceeded, TimeLimits, hookspecs
 from celeriac.plugins import pools as pools_plugin
+from celeriac.plugins.pools._asyncio import AsyncioPool
 from celeriac.plugins.pools._solo import SoloPool
 from celeriac.plugins.pools._threads import ThreadPool
 
@@ -73,10 +74,17 @@ def loop_until_limit() -> str:
         return "soft limit"
 
 
-@pytest.fixture(params=["solo", "threads"])
+@pytest.fixture(params=["solo", "threads", "asyncio"])
 def pool(request: pytest.FixtureRequest) -> Iterator[Pool]:
-    """A fresh, not yet started pool: ``solo``, or ``threads`` with concurrency 4."""
-    created: Pool = SoloPool(1) if request.param == "solo" else ThreadPool(4)
+    """A fresh, not yet started pool: ``solo``, or ``threads`` / ``asyncio`` with concurrency 4.
+    (``processes`` needs picklable items: tests/plugins/pools/test_processes.py.)"""
+    created: Pool
+    if request.param == "solo":
+        created = SoloPool(1)
+    elif request.param == "threads":
+        created = ThreadPool(4)
+    else:
+        created = AsyncioPool(4)
     yield created
     assert created.stop(timeout=WAIT), "the pool did not stop"
 
@@ -453,14 +461,14 @@ def test_threads_thousand_items_complete_exactly_once(threads: ThreadPool) -> No
 
 
 def test_hooks_create_the_pools_by_name() -> None:
-    solo = pools_plugin.celeriac_pool(name="solo", concurrency=3, options={})
-    threads = pools_plugin.celeriac_pool(name="threads", concurrency=3, options={})
+    solo = pools_plugin.celeriac_pool(name="solo", concurrency=3, options={}, app=None)
+    threads = pools_plugin.celeriac_pool(name="threads", concurrency=3, options={}, app=None)
     assert isinstance(solo, SoloPool)
     assert solo.size == 1
     assert isinstance(threads, ThreadPool)
     assert threads.size == 3
-    assert pools_plugin.celeriac_pool(name="nope", concurrency=3, options={}) is None
-    assert list(pools_plugin.celeriac_pool_names()) == ["solo", "threads"]
+    assert pools_plugin.celeriac_pool(name="nope", concurrency=3, options={}, app=None) is None
+    assert list(pools_plugin.celeriac_pool_names()) == ["asyncio", "processes", "solo", "threads"]
 
 
 def test_hooks_match_their_specs() -> None:
@@ -471,5 +479,18 @@ def test_hooks_match_their_specs() -> None:
     created = manager.hook.celeriac_pool(name="threads", concurrency=2, options={}, app=None)
     assert isinstance(created, celeriac.Pool)
     assert created.name == "threads"
-    assert manager.hook.celeriac_pool(name="processes-of-the-future", concurrency=2, options={}, app=None) is None
-    assert manager.hook.celeriac_pool_names() == [["solo", "threads"]]
+    assert manager.hook.celeriac_pool(name="gevent-of-the-future", concurrency=2, options={}, app=None) is None
+    assert manager.hook.celeriac_pool_names() == [["asyncio", "processes", "solo", "threads"]]
+
+
+@pytest.mark.timeout(10)
+def test_threads_stats_count_busy_idle_and_processed(threads: ThreadPool) -> None:
+    release = threading.Event()
+    outcomes = Outcomes()
+    threads.submit(lambda: release.wait(WAIT), outcomes.on_done, outcomes.on_error)
+    stats = threads.stats()
+    assert (stats["busy"], stats["idle"], stats["processed"]) == (1, 3, 0)
+    release.set()
+    outcomes.wait_for(1)
+    assert wait_until(lambda: threads.stats()["processed"] == 1)
+    assert threads.stats()["busy"] == 0

@@ -60,8 +60,9 @@ def free_port() -> int:
 class RedisServer:
     """A private ``redis-server`` (AOF on, fsync always) that tests can stop and start again."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *options: str) -> None:
         self.directory = directory
+        self.options = options  # extra redis-server options
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -74,13 +75,13 @@ class RedisServer:
         if binary is None:
             pytest.skip("redis-server is not installed (apt-get install redis-server)")
         options = ["--bind", "127.0.0.1", "--dir", str(self.directory), "--save", "", "--appendonly", "yes"]
-        options += ["--appendfsync", "always", "--daemonize", "no", "--loglevel", "warning"]
+        options += ["--appendfsync", "always", "--daemonize", "no", "--loglevel", "warning", *self.options]
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), *options],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, protocol=2)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -107,16 +108,22 @@ class RedisServer:
 
 
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A private Redis server for this test; stopped afterwards."""
+def private_redis(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    """A private Redis server for this test; stopped afterwards. Extra ``redis-server``
+    options: ``@pytest.mark.redis_options("--rename-command", "HELLO", "")``."""
     directory = tmp_path / "redis-data"
     directory.mkdir()
-    server = RedisServer(directory)
-    server.start()
+    marker = request.node.get_closest_marker("redis_options")
+    server = RedisServer(directory, *(marker.args if marker else ()))
     try:
+        server.start()
         yield server
     finally:
         server.kill()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "redis_options(*options): extra redis-server options for private_redis")
 
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"

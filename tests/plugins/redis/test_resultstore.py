@@ -14,7 +14,7 @@ import pytest
 import redis
 from celeriac.plugins import resultstores
 from celeriac.plugins.resultstores._redis import RedisResultStore
-from celeriac.testing import start_worker
+from celeriac.testing import start_worker, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -151,3 +151,93 @@ def test_an_app_on_redis_runs_tasks_end_to_end(broker_url: str, results_url: str
                 fail.delay().get(timeout=10)
     finally:
         app.close()
+
+
+# -- waiting ---------------------------------------------------------------------------------
+
+
+def _record(task_id: str, state: str, number: int = 0) -> celeriac.ResultRecord:
+    return celeriac.ResultRecord(task_id, state, b'{"result": %d}' % number, "application/json", "utf-8")
+
+
+def test_wait_is_woken_on_the_waiting_threads_own_connection(open_store: Callable[..., RedisResultStore]) -> None:
+    waiter, writer = open_store(), open_store()
+    task_id = str(uuid.uuid4())
+    waiter.set(_record(task_id, "STARTED"))
+    got: list[celeriac.ResultRecord | None] = []
+    thread = threading.Thread(
+        target=lambda: got.append(waiter.wait(task_id, states=frozenset({"SUCCESS"}), timeout=10)), daemon=True
+    )
+    thread.start()
+    wait_for(lambda: any(w.subscribed is not None for w in waiter._all_waiters))
+    writer.set(_record(task_id, "SUCCESS", 7))
+    thread.join(10)
+    assert got == [_record(task_id, "SUCCESS", 7)]
+    assert waiter._listener is None  # RESP3: no listener thread, no hand-off
+
+
+def test_wait_returns_the_latest_record_when_the_timeout_passes(open_store: Callable[..., RedisResultStore]) -> None:
+    store = open_store()
+    task_id, other = str(uuid.uuid4()), str(uuid.uuid4())
+    assert store.wait(task_id, states=frozenset({"SUCCESS"}), timeout=0.05) is None
+    store.set(_record(task_id, "STARTED"))
+    assert store.wait(task_id, states=frozenset({"SUCCESS"}), timeout=0.05) == _record(task_id, "STARTED")
+    store.set(_record(other, "SUCCESS", 2))
+    assert store.wait(other, states=frozenset({"SUCCESS"}), timeout=0) == _record(other, "SUCCESS", 2)  # read once
+    assert store.wait(task_id, states=frozenset({"SUCCESS"}), timeout=0) == _record(task_id, "STARTED")
+
+
+def test_consecutive_waits_of_one_thread_share_a_connection_and_ignore_old_channels(
+    open_store: Callable[..., RedisResultStore],
+) -> None:
+    store, writer = open_store(), open_store()
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    writer.set(_record(first, "SUCCESS", 1))
+    assert store.wait(first, states=frozenset({"SUCCESS"}), timeout=5) == _record(first, "SUCCESS", 1)
+    writer.set(_record(first, "FAILURE", 2))  # published on a channel this thread still listens to
+    writer.set(_record(second, "STARTED", 3))
+    # the FAILURE message of `first` arrives first on the connection and must not be taken
+    assert store.wait(second, states=frozenset({"STARTED"}), timeout=5) == _record(second, "STARTED", 3)
+    [waiter] = list(store._all_waiters)
+    assert waiter.subscribed == store._key(second).encode()
+
+
+def test_a_waiters_connection_killed_by_the_server_is_reopened(private_redis: Any) -> None:
+    store, writer = RedisResultStore(private_redis.url), RedisResultStore(private_redis.url)
+    admin = redis.Redis(port=private_redis.port, protocol=2)
+    task_id = str(uuid.uuid4())
+    got: list[celeriac.ResultRecord | None] = []
+    try:
+        thread = threading.Thread(
+            target=lambda: got.append(store.wait(task_id, states=frozenset({"SUCCESS"}), timeout=20)), daemon=True
+        )
+        thread.start()
+        wait_for(lambda: admin.pubsub_numsub(store._key(task_id))[0][1] == 1)
+        assert admin.client_kill_filter(_type="pubsub") == 1
+        writer.set(_record(task_id, "SUCCESS", 1))
+        thread.join(15)
+        assert got == [_record(task_id, "SUCCESS", 1)]
+    finally:
+        admin.close()
+        store.close()
+        writer.close()
+
+
+@pytest.mark.redis_options("--rename-command", "HELLO", "")
+def test_without_resp3_waits_go_through_the_listener_thread(private_redis: Any) -> None:
+    store, writer = RedisResultStore(private_redis.url), RedisResultStore(private_redis.url)
+    task_id = str(uuid.uuid4())
+    got: list[celeriac.ResultRecord | None] = []
+    try:
+        thread = threading.Thread(
+            target=lambda: got.append(store.wait(task_id, states=frozenset({"SUCCESS"}), timeout=10)), daemon=True
+        )
+        thread.start()
+        wait_for(lambda: store._listener is not None and store._listener.watches)
+        writer.set(_record(task_id, "SUCCESS", 5))
+        thread.join(10)
+        assert got == [_record(task_id, "SUCCESS", 5)]
+        assert store._resp3 is False
+    finally:
+        store.close()
+        writer.close()

@@ -12,8 +12,10 @@ import celeriac
 import pytest
 import redis
 from celeriac.plugins import redis as redis_plugin
+from celeriac.plugins.redis._codec import delayed_member, encode
 from celeriac.plugins.redis._connection import describe, parse_options
 from celeriac.plugins.redis._transport import RedisTransport
+from celeriac.testing import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -290,3 +292,112 @@ def test_broadcast_channels_are_separated_by_prefix(open_transport: Callable[...
         assert received is not None
         assert received.headers["number"] == 2
         assert subscription.get(0.1) is None
+
+
+# -- oldest_message_age ----------------------------------------------------------------------
+
+
+def _add_aged(transport: RedisTransport, raw: redis.Redis, queue: str, number: int, age: float, level: int = 0) -> None:
+    """Add a message to ``queue`` whose stream id says it was published ``age`` seconds ago."""
+    head, body = encode(envelope(number))
+    entry_id = f"{int((time.time() - age) * 1000)}-{number}"
+    raw.xadd(transport.stream_key(queue, level), {"h": head, "b": body}, id=entry_id)
+
+
+def test_oldest_message_age_counts_ready_messages_only(transport: RedisTransport, raw: redis.Redis) -> None:
+    transport.declare_queue("aged")
+    assert transport.oldest_message_age("aged") == 0.0
+    _add_aged(transport, raw, "aged", 1, age=30)
+    _add_aged(transport, raw, "aged", 2, age=10)
+    assert 29 <= transport.oldest_message_age("aged") < 32
+    [first] = transport.fetch(["aged"], limit=1, timeout=LONG)
+    assert numbers([first]) == [1]
+    assert 9 <= transport.oldest_message_age("aged") < 12  # a delivered message is not waiting
+    transport.ack(first)
+    [second] = transport.fetch(["aged"], limit=1, timeout=LONG)
+    assert transport.oldest_message_age("aged") == 0.0
+    transport.ack(second)
+
+
+def test_oldest_message_age_looks_at_every_priority_level(transport: RedisTransport, raw: redis.Redis) -> None:
+    transport.publish(envelope(1), "levels")  # level 0, just now
+    _add_aged(transport, raw, "levels", 2, age=20, level=7)  # a stream no fetch has seen yet
+    assert 19 <= transport.oldest_message_age("levels") < 22
+
+
+def test_oldest_message_age_counts_due_delayed_messages_from_their_due_time(
+    transport: RedisTransport, raw: redis.Redis
+) -> None:
+    transport.publish(envelope(1), "delayed", eta=time.time() + 60)  # ahead: not ready
+    assert transport.oldest_message_age("delayed") == 0.0
+    head, body = encode(envelope(2))
+    due_ms = int((time.time() - 5) * 1000)  # due 5 s ago, not yet moved by a fetch
+    raw.zadd(f"{transport.settings.global_keyprefix}celeriac:eta:delayed", {delayed_member(0, head, body): due_ms})
+    assert 4 <= transport.oldest_message_age("delayed") < 7
+    assert numbers(transport.fetch(["delayed"], limit=5, timeout=LONG)) == [2]
+    assert transport.oldest_message_age("delayed") == 0.0
+
+
+def test_oldest_message_age_grows_while_a_message_waits(transport: RedisTransport) -> None:
+    transport.publish(envelope(1), "growing")
+    first = transport.oldest_message_age("growing")
+    assert 0.0 <= first < 1.0
+    wait_for(lambda: transport.oldest_message_age("growing") >= first + 0.05, timeout=LONG)
+
+
+# -- the fetch shortcut ------------------------------------------------------------------------
+
+
+def _count_script_calls(transport: RedisTransport) -> list[int]:
+    """Count the fetch script's calls from now on."""
+    calls: list[int] = []
+    script = transport._scripts["FETCH"]
+
+    def counting(keys: Any, args: Any) -> Any:
+        calls.append(1)
+        return script(keys, args)
+
+    transport._scripts["FETCH"] = counting  # type: ignore[assignment]
+    return calls
+
+
+def test_a_fetch_right_after_another_reads_the_streams_without_the_script(transport: RedisTransport) -> None:
+    for number in range(3):
+        transport.publish(envelope(number), "direct")
+    calls = _count_script_calls(transport)
+    assert numbers(transport.fetch(["direct"], limit=1, timeout=LONG)) == [0]
+    assert numbers(transport.fetch(["direct"], limit=1, timeout=LONG)) == [1]
+    assert numbers(transport.fetch(["direct"], limit=1, timeout=LONG)) == [2]
+    assert calls == [1]  # the first fetch ran the script, the next two read the stream directly
+
+
+def test_a_new_priority_level_is_served_first_even_by_a_shortcut_fetch(transport: RedisTransport) -> None:
+    transport.publish(envelope(1), "mixed")
+    assert numbers(transport.fetch(["mixed"], limit=1, timeout=LONG)) == [1]  # shortcut armed
+    transport.publish(envelope(2), "mixed")
+    transport.publish(envelope(3, priority=9), "mixed")  # a new stream: wakes readers
+    assert numbers(transport.fetch(["mixed"], limit=1, timeout=LONG)) == [3]
+    assert numbers(transport.fetch(["mixed"], limit=1, timeout=LONG)) == [2]
+
+
+def test_an_eta_that_becomes_the_earliest_cuts_a_shortcut_fetch_short(transport: RedisTransport) -> None:
+    transport.publish(envelope(1), "soon")
+    assert numbers(transport.fetch(["soon"], limit=1, timeout=LONG)) == [1]  # shortcut armed
+    due = time.time() + 0.3
+    transport.publish(envelope(2), "soon", eta=due)
+    assert numbers(transport.fetch(["soon"], limit=1, timeout=LONG)) == [2]
+    assert due - 0.05 <= time.time() < due + 0.3
+
+
+def test_a_fetch_blocked_until_an_eta_wakes_on_time_not_at_redis_next_tick(transport: RedisTransport) -> None:
+    # Redis ends a timed-out BLOCK at its next cron tick (up to 100 ms late with hz 10); the
+    # transport ends blocks that wait for a due time itself.
+    transport.declare_queue("ontime")
+    late = []
+    for number in range(5):
+        due = time.time() + 0.15
+        transport.publish(envelope(number), "ontime", eta=due)
+        assert numbers(transport.fetch(["ontime"], limit=1, timeout=LONG)) == [number]
+        late.append(time.time() - due)
+    assert min(late) >= -0.005
+    assert sum(late) / len(late) < 0.03, late
