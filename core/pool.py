@@ -42,6 +42,9 @@ class Pool(ABC):
     name: ClassVar[str] = ""
     #: True when items run in the caller's thread (``solo``): ``submit`` returns after ``on_done``.
     runs_inline: ClassVar[bool] = False
+    #: The size a worker gives this pool when no concurrency is configured (``None``: the
+    #: number of CPUs). An ``asyncio`` pool runs many more items at once than a CPU count.
+    default_concurrency: ClassVar[int | None] = None
     #: True when the pool calls the runner on an event loop. The runner must not block there:
     #: it returns an awaitable (the worker's runner: a coroutine for an ``async def`` task),
     #: which the pool awaits, or :class:`InThread` (a plain task), which the pool runs in a thread.

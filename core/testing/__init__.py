@@ -27,7 +27,7 @@ def start_worker(
     app: Celeriac,
     *,
     pool: str = "threads",
-    concurrency: int = 1,
+    concurrency: int | None = 1,
     queues: Sequence[str] | None = None,
     shutdown_timeout: float = 10.0,
     **options: Any,

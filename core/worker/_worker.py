@@ -109,6 +109,7 @@ class Worker:
         conf = app.conf
         self.app = app
         self.pool_name: str = pool or conf.worker_pool
+        self._concurrency_given = bool(concurrency or conf.worker_concurrency)
         self.concurrency: int = concurrency or conf.worker_concurrency or os.cpu_count() or 1
         self.queues: list[str] = list(queues or conf.worker_queues or [conf.task_default_queue])
         hostname = socket.gethostname()
@@ -193,6 +194,10 @@ class Worker:
         autoscale = app.conf.worker_autoscale  # with autoscale the pool starts at its min
         size = max(1, min(autoscale)) if autoscale else self.concurrency
         self.pool = app.plugins.pool(self.pool_name, size, self.pool_options, app)
+        default = type(self.pool).default_concurrency
+        if not self._concurrency_given and not autoscale and default and default != size:
+            self.concurrency = default  # the pool's own default (asyncio: items in flight)
+            self.pool = app.plugins.pool(self.pool_name, default, self.pool_options, app)
         from .._execution import init_pool_process
 
         self.pool.start(self._run, functools.partial(init_pool_process, app, self, os.getpid()))

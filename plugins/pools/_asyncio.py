@@ -112,6 +112,9 @@ class AsyncioPool(Pool):
     name: ClassVar[str] = "asyncio"
     runs_coroutines: ClassVar[bool] = True
 
+    #: Without ``-c`` / ``worker.concurrency`` a worker runs this many items at once.
+    default_concurrency: ClassVar[int | None] = 100
+
     def __init__(self, concurrency: int, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(concurrency, options)
         unknown = sorted(set(self.options) - _OPTIONS)

@@ -114,7 +114,7 @@ class _SettledFilesCollector(MultiProcessCollector):
     def collect(self) -> Any:
         files = glob.glob(os.path.join(self._path, "*.db"))
         settled = [name for name in files if _size(name) > 0]
-        return self.merge(settled, accumulate=True)
+        return self.merge(settled, accumulate=True)  # type: ignore[no-untyped-call]
 
 
 def _size(path: str) -> int:

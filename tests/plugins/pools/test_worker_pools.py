@@ -232,6 +232,19 @@ def test_asyncio_runs_a_thousand_sleeping_tasks_concurrently(make_app: MakeApp, 
         print(f"\n[pools] asyncio: 1,000 x await sleep(0.1) done in {elapsed:.2f}s")
 
 
+@pytest.mark.parametrize(
+    ("pool", "given", "size"), [("asyncio", None, 100), ("asyncio", 7, 7), ("threads", None, None)]
+)
+def test_a_pool_without_configured_concurrency_gets_its_own_default(
+    make_app: MakeApp, pool: str, given: int | None, size: int | None
+) -> None:
+    app = make_app()
+    with start_worker(app, pool=pool, concurrency=given, queues=[new_queue()]) as worker:
+        assert worker.pool is not None
+        assert worker.pool.size == (size or os.cpu_count() or 1)
+        assert worker.concurrency == worker.pool.size
+
+
 def test_asyncio_limits_context_signals_and_sync_tasks(make_app: MakeApp) -> None:
     app = make_app()
     queue = new_queue()
