@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2 as httpx
 import pytest
 from celeriac.testing import wait_for
 from prometheus_client.parser import text_string_to_metric_families
