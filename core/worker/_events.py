@@ -8,6 +8,7 @@ broadcast in batches by the dispatcher's thread. A heartbeat thread sends ``work
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import threading
@@ -24,6 +25,15 @@ _REPR_LIMIT = 1024
 
 
 def short_repr(value: Any) -> str:
+    """``repr(value)`` cut to ``_REPR_LIMIT`` characters. A long list, tuple or dict (each
+    item adds at least 3 characters) is cut to its first ``_REPR_LIMIT`` items before the
+    repr, which gives the same text without building the repr of a huge result."""
+    kind = type(value)
+    if kind is list or kind is tuple:
+        if len(value) > _REPR_LIMIT:
+            value = value[:_REPR_LIMIT]
+    elif kind is dict and len(value) > _REPR_LIMIT:
+        value = dict(itertools.islice(value.items(), _REPR_LIMIT))
     text = repr(value)
     return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 3] + "..."
 

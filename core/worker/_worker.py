@@ -719,7 +719,9 @@ class Worker:
         if state == states.SUCCESS:
             self.stats.succeeded += 1
             if logger.isEnabledFor(logging.INFO):
-                logger.info("Task %s[%s] succeeded in %.6fs: %r", name, task_id, outcome.runtime, outcome.value)
+                logger.info(
+                    "Task %s[%s] succeeded in %.6fs: %s", name, task_id, outcome.runtime, short_repr(outcome.value)
+                )
         elif state == states.FAILURE:
             self.stats.failed += 1
             logger.error("Task %s[%s] raised: %s", name, task_id, _exception_line(outcome))

@@ -187,3 +187,14 @@ def test_worker_alive_follows_heartbeats() -> None:
     state.event(event("worker-offline", hostname="w", local_received=now))
     assert not state.workers["w"].alive
     assert state.workers["w"].as_dict()["alive"] is False
+
+
+@pytest.mark.parametrize("size", [0, 1, 5, 1023, 1024, 1025, 5000])
+def test_short_repr_equals_the_cut_full_repr(size: int) -> None:
+    """Events and the worker's log line carry a cut repr; a huge value is cut before the repr."""
+    from celeriac.worker._events import short_repr
+
+    for value in (list(range(size)), tuple(range(size)), {i: i for i in range(size)}, "x" * size):
+        full = repr(value)
+        expected = full if len(full) <= 1024 else full[:1021] + "..."
+        assert short_repr(value) == expected
