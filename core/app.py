@@ -98,7 +98,9 @@ class Celeriac:
     """A celeriac application.
 
     ``Celeriac("proj", broker_url="redis://...", result_store="redis://...", **settings)``
-    takes any setting as a keyword; ``Celeriac.from_config()`` reads ``celeriac.toml``.
+    takes any setting as a keyword. The config file is discovered as the CLI does
+    (``$CELERIAC_CONFIG``, ``./celeriac.toml``, ``[tool.celeriac]`` in ``./pyproject.toml``;
+    ``config_source=ConfigSource()`` reads none); ``Celeriac.from_config(path)`` names one.
     Environment variables (``CELERIAC_BROKER_URL``...) override the file; keywords override both.
     """
 
@@ -114,9 +116,11 @@ class Celeriac:
     ) -> None:
         global _current
         self.main = main
-        source = config_source or ConfigSource()
-        table = read_config_file(source)
         environ = os.environ if environ is None else environ
+        # Without an explicit source the app reads the config file a worker started here would
+        # read (``$CELERIAC_CONFIG``, ``./celeriac.toml``, ``[tool.celeriac]``); keywords win.
+        source = discover_config_file(environ=environ) if config_source is None else config_source
+        table = read_config_file(source)
         plugin_modules, blocked = self._plugin_lists(source, table, environ, settings)
         self.plugins = PluginHost()
         self.plugins.load(plugin_modules, blocked, where=str(source))
@@ -566,8 +570,10 @@ class Celeriac:
         (``"0 7 * * mon-fri"``), a :class:`celeriac.beat.Schedule`, or what a plugin accepts.
         ``sig_or_task_name``: a task, a signature (``add.s(2, 2)``) or a task name. ``options``:
         ``timezone``, ``enabled`` and send options (``queue``, ``priority``, ``expires``, ...).
-        An entry with the name of a config entry replaces it. Checked now: a bad value raises
-        :class:`~celeriac.exceptions.ConfigError`.
+        ``name`` defaults to the signature, e.g. ``"proj.add(1, 2)"``. Adding the same entry again
+        changes nothing; another entry under a name already added raises
+        :class:`~celeriac.exceptions.ConfigError`. An entry with the name of a config entry
+        replaces it. Checked now: a bad value raises :class:`~celeriac.exceptions.ConfigError`.
         """
         from .beat import make_entry
 
@@ -594,6 +600,20 @@ class Celeriac:
             table["args"] = list(args or ())
         if "kwargs" not in table:
             table["kwargs"] = dict(kwargs or {})
-        name = name or table["task"]
-        self.periodic_tasks[name] = make_entry(name, table, self, "add_periodic_task")
+        if not name:  # as Celery: the signature's repr, so add.s(1, 2) and add.s(3, 4) are two entries
+            sig_args, sig_kwargs = table["args"], table["kwargs"]
+            shown = (  # with bad args or kwargs make_entry raises, naming them
+                [*map(repr, sig_args), *(f"{k}={v!r}" for k, v in sig_kwargs.items())]
+                if isinstance(sig_args, list | tuple) and isinstance(sig_kwargs, Mapping)
+                else ["..."]
+            )
+            name = f"{table['task']}({', '.join(shown)})"
+        entry = make_entry(name, table, self, "add_periodic_task")
+        known = self.periodic_tasks.get(name)
+        if known is not None and known != entry:
+            raise ConfigError(
+                f"add_periodic_task: an entry named {name!r} was already added with another schedule or options "
+                f"({known.schedule!r} vs {entry.schedule!r}); give each one its own name=..."
+            )
+        self.periodic_tasks[name] = entry
         return name

@@ -242,10 +242,15 @@ class ConfigSource:
         return str(self.path) if self.path else "<defaults>"
 
 
-def discover_config_file(explicit: str | os.PathLike[str] | None = None, cwd: Path | None = None) -> ConfigSource:
+def discover_config_file(
+    explicit: str | os.PathLike[str] | None = None,
+    cwd: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ConfigSource:
     """Find the config file by the documented order; a missing explicit file is an error."""
     cwd = cwd or Path.cwd()
-    candidate = explicit or os.environ.get("CELERIAC_CONFIG") or None
+    environ = os.environ if environ is None else environ
+    candidate = explicit or environ.get("CELERIAC_CONFIG") or None
     if candidate:
         path = Path(candidate)
         if not path.is_file():

@@ -171,3 +171,22 @@ def test_every_kernel_setting_accepts_its_default(setting: Setting) -> None:
     config = Config([setting])
     config.update({setting.name: setting.default})
     assert config[setting.name] == setting.default
+
+
+def test_an_app_built_in_code_reads_the_discovered_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Celeriac("proj")`` reads ./celeriac.toml as a worker started there would; keywords win;
+    ``ConfigSource()`` opts out; ``environ`` decides which $CELERIAC_CONFIG counts."""
+    from celeriac import Celeriac
+    from celeriac.config import ConfigSource
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "celeriac.toml").write_text(
+        '[celeriac]\nbroker_url = "memory://from-file"\n[celeriac.worker]\nqueues = ["a", "b"]\n'
+    )
+    other = tmp_path / "other.toml"
+    other.write_text('[celeriac]\nbroker_url = "memory://other"\n')
+    app = Celeriac("proj", environ={})
+    assert (app.conf.broker_url, app.conf.worker_queues) == ("memory://from-file", ["a", "b"])
+    assert Celeriac("proj", environ={}, broker_url="memory://kw").conf.broker_url == "memory://kw"
+    assert Celeriac("proj", environ={}, config_source=ConfigSource()).conf.broker_url == "sqlite:///celeriac.db"
+    assert Celeriac("proj", environ={"CELERIAC_CONFIG": str(other)}).conf.broker_url == "memory://other"
