@@ -53,6 +53,9 @@ def get_app(ctx: click.Context | None = None) -> Celeriac:
     state = _state(ctx.find_root())
     if state.app is None:
         if state.app_spec:
+            if state.config_path:  # the app built in code discovers its config: point it at --config
+                discover_config_file(state.config_path)  # a missing file is the same one-line error
+                os.environ["CELERIAC_CONFIG"] = state.config_path
             app = load_app_spec(state.app_spec, "-A/--app")
         else:
             source = discover_config_file(state.config_path)

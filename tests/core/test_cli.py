@@ -199,3 +199,15 @@ def test_plugins_add_worker_options_that_override_their_setting(
     code, _, err = run(["worker", "-P", "solo", "--greeting-word", "salut"], capsys)
     assert code == 0, err
     assert worker_option_plugin.SEEN == ["salut"]
+
+
+def test_config_flag_reaches_an_app_built_in_code(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (in_tmp / "codeapp.py").write_text('from celeriac import Celeriac\napp = Celeriac("codeapp")\n')
+    (in_tmp / "elsewhere.toml").write_text('[celeriac]\nbroker_url = "memory://from-flag"\n')
+    monkeypatch.syspath_prepend(str(in_tmp))
+    monkeypatch.setenv("CELERIAC_CONFIG", "")  # restored (removed) after the test
+    code, out, err = run(["--config", "elsewhere.toml", "-A", "codeapp:app", "config", "--json"], capsys)
+    assert code == 0, err
+    assert "memory://from-flag" in out
