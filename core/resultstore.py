@@ -9,7 +9,7 @@ What a store must provide (checked by :mod:`celeriac.testing.conformance`): ``se
 expiry, ``get``, ``wait`` (by notification where the store can, polling otherwise),
 ``forget``, and an atomic counter ``incr`` (for chords). Optional, for beat: leases
 (``acquire_lease`` / ``release_lease`` / ``lease_owner``) and small stored values with fenced
-writes (``get_meta`` / ``set_meta``).
+writes (``get_meta`` / ``set_meta`` / ``delete_meta``).
 """
 
 from __future__ import annotations
@@ -156,6 +156,10 @@ class ResultStore(ABC):
         :return: whether the value was written.
         """
         raise self._unsupported("set_meta")
+
+    def delete_meta(self, key: str) -> bool:
+        """Delete the value stored under ``key``; returns whether there was one."""
+        raise self._unsupported("delete_meta")
 
     def _unsupported(self, method: str) -> NotImplementedError:
         scheme = self.url.partition("://")[0] or "?"

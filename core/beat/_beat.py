@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -101,6 +102,9 @@ class Beat:
     def _meta_key(self, entry: str) -> str:
         return f"beat:{self.lease}:last:{entry}"
 
+    def _index_key(self) -> str:
+        return f"beat:{self.lease}:entries"
+
     # -- one pass ---------------------------------------------------------------------------
 
     def tick(self) -> list[SentRun]:
@@ -132,13 +136,37 @@ class Beat:
             self._lose(f"cannot reach the result store ({exc})")
             return False
         if held:
-            if not self.is_leader:
+            became = not self.is_leader
+            if became:
                 logger.info("beat %s: leader now (lease %r)", self.owner, self.lease)
                 self._last.clear()  # another leader may have sent since we last looked
             self.is_leader, self._renewed_at = True, started
+            if became:
+                self._forget_removed_entries()
         elif self.is_leader:
             self._lose("another beat holds the lease")
         return held
+
+    def _forget_removed_entries(self) -> None:
+        """Delete the last-run times of entries no longer configured; record the ones that are.
+
+        The names live in one small index value (``beat:<lease>:entries``, a JSON list) that
+        each new leader reads and rewrites, so removed entries leave no keys behind.
+        """
+        store = self.app.result_store
+        try:
+            text = store.get_meta(self._index_key())
+            known = json.loads(text) if text else []
+            removed = sorted({str(name) for name in known} - set(self.entries)) if isinstance(known, list) else []
+            for name in removed:
+                store.delete_meta(self._meta_key(name))
+            if removed:
+                logger.info("beat: forgot the last-run times of removed entries: %s", ", ".join(removed))
+            store.set_meta(self._index_key(), json.dumps(sorted(self.entries)), lease=self.lease, owner=self.owner)
+        except NotImplementedError:  # a store without delete_meta: the keys stay, beat works
+            pass
+        except (TransportError, ValueError) as exc:
+            logger.warning("beat: could not clean up the last-run times of removed entries: %s", exc)
 
     def _lose(self, why: str) -> None:
         if self.is_leader:

@@ -506,7 +506,7 @@ class Worker:
         )
         self._safely(_workflow.after_settled, self.app, request, states.REVOKED, reason)
         self.transport.ack(delivery)
-        self._task_event("task-revoked", request.id, terminated=False, signum=None, expired=expired)
+        self._task_event("task-revoked", request.id, name=request.task, terminated=False, signum=None, expired=expired)
         self.app.plugins.task_revoked(self.app, request, terminated=False, signum=None, expired=expired)
 
     def revoke(self, *task_ids: str, persist: bool = True) -> None:
@@ -779,7 +779,7 @@ class Worker:
         self.app.store_result(request.id, states.REVOKED, error, request=request)
         self._safely(_workflow.after_settled, self.app, request, states.REVOKED, "terminated")
         self.transport.ack(job.delivery)
-        self._task_event("task-revoked", request.id, terminated=True, signum=signum, expired=False)
+        self._task_event("task-revoked", request.id, name=request.task, terminated=True, signum=signum, expired=False)
         self.app.plugins.task_revoked(self.app, request, terminated=True, signum=signum, expired=False)
 
     # -- leases -----------------------------------------------------------------------------

@@ -28,6 +28,9 @@ __all__ = ["ApiError", "api_routes", "mask_secrets"]
 
 _SECRET_KEY = re.compile(r"pass|secret|token|key|credential|auth|signature", re.IGNORECASE)
 _STATES = ("PENDING", "RECEIVED", "STARTED", "SUCCESS", "FAILURE", "RETRY", "REVOKED", "REJECTED")
+#: Notes a page's event stream buffers; when it is full, notes are dropped and the page is sent a
+#: ``resync`` event (reload everything) instead.
+STREAM_QUEUE_SIZE = 2000
 _INSPECT = ("stats", "active_queues", "registered", "conf", "active", "reserved", "scheduled", "revoked")
 
 
@@ -255,6 +258,11 @@ class Api:
         signal = data.get("signal", "SIGTERM")
         if not isinstance(signal, str) or not re.fullmatch(r"SIG[A-Z0-9]+", signal):
             raise ApiError(400, f"signal: expected a signal name such as SIGTERM, got {signal!r}")
+        name = data.get("name")
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise ApiError(400, f"name: expected the task's name or null, got {name!r}")
+        if name:
+            self.monitor.remember_name(task_id, name.strip())
 
         def call() -> Any:
             return self.app.control.revoke(
@@ -282,6 +290,7 @@ class Api:
             return self.app.send_task(name, args, kwargs, queue=queue, countdown=countdown).id
 
         task_id = await run_in_threadpool(call)
+        self.monitor.remember_name(task_id, name)
         if queue:
             self.monitor.watch_queue(queue)
         return _json({"task_id": task_id, "name": name}, 202)
@@ -321,8 +330,9 @@ class Api:
 
     async def metrics(self, request: Request) -> Response:
         online = sum(1 for worker in self.monitor.workers() if worker["alive"])
+        current = await run_in_threadpool(self.monitor.history.counts)
         return PlainTextResponse(
-            self.monitor.stats.prometheus(online), media_type="text/plain; version=0.0.4; charset=utf-8"
+            self.monitor.stats.prometheus(online, current), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
 
     async def healthz(self, request: Request) -> Response:
@@ -352,10 +362,13 @@ class Api:
 
     async def stream(self, request: Request) -> Response:
         loop = asyncio.get_running_loop()
-        notes: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=2000)
+        notes: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=STREAM_QUEUE_SIZE)
+        dropped = False  # set (on the loop) when a note did not fit: the page must reload its data
 
         def offer(note: dict[str, Any]) -> None:
+            nonlocal dropped
             if notes.full():
+                dropped = True
                 return
             notes.put_nowait(note)
 
@@ -366,6 +379,7 @@ class Api:
         unsubscribe = self.monitor.subscribe(listener)
 
         async def events() -> AsyncIterator[str]:
+            nonlocal dropped
             try:
                 yield "retry: 2000\nevent: hello\ndata: {}\n\n"
                 while True:
@@ -375,6 +389,12 @@ class Api:
                         yield ": ping\n\n"
                         continue
                     await asyncio.sleep(0.2)  # coalesce a burst into one message
+                    if dropped:  # the page missed notes: drop the rest too and have it reload
+                        while not notes.empty():
+                            notes.get_nowait()
+                        dropped = False
+                        yield "event: resync\ndata: {}\n\n"
+                        continue
                     batch = [first]
                     while not notes.empty() and len(batch) < 500:
                         batch.append(notes.get_nowait())

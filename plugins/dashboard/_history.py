@@ -11,7 +11,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +121,10 @@ class History:
         """Task names seen, sorted."""
         raise NotImplementedError
 
+    def counts(self) -> dict[tuple[str, str], int]:
+        """How many records are in each ``(task name, current state)`` (name ``unknown`` if none)."""
+        raise NotImplementedError
+
     def prune(self) -> int:
         """Drop what is over the bounds; return how many records went."""
         raise NotImplementedError
@@ -171,6 +175,11 @@ class MemoryHistory(History):
     def names(self) -> list[str]:
         with self._lock:
             return sorted({row["name"] for row in self._records.values() if row["name"]})
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            found = Counter((row["name"] or "unknown", row["state"]) for row in self._records.values())
+        return dict(found)
 
     def prune(self) -> int:
         if self.max_age is None:
@@ -266,6 +275,13 @@ class SQLiteHistory(History):
         with self._lock:
             rows = self._db.execute("SELECT DISTINCT name FROM tasks WHERE name IS NOT NULL ORDER BY name").fetchall()
         return [row[0] for row in rows]
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT coalesce(name, 'unknown'), state, count(*) FROM tasks GROUP BY 1, 2"
+            ).fetchall()
+        return {(str(name), str(state)): int(count) for name, state, count in rows}
 
     def prune(self) -> int:
         removed = 0

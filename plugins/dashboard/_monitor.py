@@ -8,10 +8,12 @@ import contextlib
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import celeriac
+from celeriac.events import HEARTBEAT_SLACK
 
 from ._history import History, MemoryHistory
 from ._stats import Stats
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["Monitor"]
 
 logger = logging.getLogger("celeriac.dashboard")
+_NAMES_KEPT = 10_000
 Listener = Callable[[dict[str, Any]], None]
 
 
@@ -57,6 +60,8 @@ class Monitor:
         self._transport: celeriac.Transport | None = None
         self.started_at = time.time()
         self.receiving = False
+        self._names: OrderedDict[str, str] = OrderedDict()  # task id -> name, for events that lack it
+        self._first_seen: dict[str, float] = {}  # hostname -> when this dashboard first heard from it
 
     # -- events -----------------------------------------------------------------------------
 
@@ -66,9 +71,14 @@ class Monitor:
             self.state.event(event)
         kind = str(event.get("type", ""))
         note: dict[str, Any] = {"type": kind, "hostname": event.get("hostname")}
+        hostname = event.get("hostname")
+        if kind.startswith("worker-") and isinstance(hostname, str) and hostname not in self._first_seen:
+            self._first_seen[hostname] = _stamp(event)
         if kind.startswith("task-") and isinstance(event.get("uuid"), str):
             uuid = event["uuid"]
             task = self.state.tasks.get(uuid)
+            if task is not None and task.name is None and uuid in self._names:
+                task.name = self._names[uuid]  # e.g. revoked before any worker received it
             record = self._merge(task.as_dict()) if task is not None else None
             name = record["name"] if record else event.get("name")
             self.stats.task_event(event, name)
@@ -92,6 +102,24 @@ class Monitor:
                     record[key] = value
             record["children"] = sorted(set(record.get("children") or []) | set(old.get("children") or []))
         return record
+
+    def remember_name(self, task_id: str, name: str) -> None:
+        """Name ``task_id`` for when its events do not (a task revoked before a worker received
+        it only ever gets a ``task-revoked`` event); the dashboard calls this for what it sends
+        and revokes. Fills an existing nameless history record too."""
+        with self._lock:
+            self._names[task_id] = name
+            self._names.move_to_end(task_id)
+            while len(self._names) > _NAMES_KEPT:
+                self._names.popitem(last=False)
+        with self._state_lock:
+            task = self.state.tasks.get(task_id)
+            if task is not None and task.name is None:
+                task.name = name
+        record = self.history.get(task_id)
+        if record is not None and not record.get("name"):
+            record["name"] = name
+            self.history.put(record)
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(note)`` for every event (from the receiver thread); returns an unsubscriber."""
@@ -121,7 +149,16 @@ class Monitor:
             known = [worker.as_dict() for worker in self.state.workers.values()]
         for worker in known:
             worker.update(self.stats.worker_counts(worker["hostname"]))
-            worker["last_heartbeat"] = worker["heartbeats"][-1] if worker["heartbeats"] else None
+            heartbeats = worker["heartbeats"]
+            worker["last_heartbeat"] = heartbeats[-1] if heartbeats else None
+            # online: its worker-online event, else when this dashboard first heard from it;
+            # offline: its worker-offline event, else when its heartbeats stopped (None while alive)
+            if worker["online"] is None:
+                worker["online"] = self._first_seen.get(worker["hostname"])
+            if worker["alive"]:
+                worker["offline"] = None
+            elif worker["offline"] is None and heartbeats:
+                worker["offline"] = heartbeats[-1] + worker["freq"] * 2 + HEARTBEAT_SLACK
         return sorted(known, key=lambda worker: worker["hostname"])
 
     def queues(self) -> list[str]:
@@ -205,6 +242,14 @@ class Monitor:
             with contextlib.suppress(Exception):
                 self._transport.close()
             self._transport = None
+
+
+def _stamp(event: Mapping[str, Any]) -> float:
+    for key in ("local_received", "timestamp"):
+        value = event.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return time.time()
 
 
 def _app_queues(app: Celeriac) -> set[str]:

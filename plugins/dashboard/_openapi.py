@@ -69,6 +69,14 @@ OPENAPI: dict[str, Any] = {
                 loadavg={"type": "array", "items": _NUM},
                 freq=_NUM,
                 last_heartbeat=_NULLABLE_NUM,
+                online={
+                    "type": ["number", "null"],
+                    "description": "When it came online (worker-online), else when the dashboard first heard from it",
+                },
+                offline={
+                    "type": ["number", "null"],
+                    "description": "When it went offline or its heartbeats stopped; null while alive",
+                },
                 sw_ident=_STR,
                 sw_ver=_STR,
                 sw_sys=_STR,
@@ -205,7 +213,13 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "Revoke a task; terminate=true also kills it if running",
                 "parameters": [_TASK],
-                "requestBody": _body(_obj(terminate={"type": "boolean"}, signal=_STR)),
+                "requestBody": _body(
+                    _obj(
+                        terminate={"type": "boolean"},
+                        signal=_STR,
+                        name={"type": ["string", "null"], "description": "The task's name, for the history"},
+                    )
+                ),
                 "responses": {
                     "200": _ok(_obj(task_id=_STR, terminate={"type": "boolean"}, replies={"type": "array"})),
                     "400": _ERROR,
@@ -252,7 +266,8 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/stream": {
             "get": {
-                "summary": "Server-sent events: batches of {type, uuid, state, hostname} notes",
+                "summary": "Server-sent events: 'update' carries batches of {type, uuid, state, hostname} notes; "
+                "'resync' means notes were dropped (the client fell behind): reload everything",
                 "responses": {"200": {"description": "text/event-stream"}},
             }
         },

@@ -130,15 +130,23 @@ class Stats:
             queues = [{"time": at, "lengths": lengths} for at, lengths in self._queue_history]
         return {"now": now, "window": self.window, "throughput": throughput, "runtimes": runtimes, "queues": queues}
 
-    def prometheus(self, workers_online: int) -> str:
-        """The Prometheus text exposition (format 0.0.4)."""
+    def prometheus(self, workers_online: int, current: Mapping[tuple[str, str], int] | None = None) -> str:
+        """The Prometheus text exposition (format 0.0.4); ``current`` is the history's
+        ``(name, state) -> tasks`` (:meth:`History.counts`)."""
         lines = [
-            "# HELP celeriac_tasks_total Task events seen by the dashboard, by task name and state.",
-            "# TYPE celeriac_tasks_total counter",
+            "# HELP celeriac_dashboard_tasks Tasks in the dashboard's history, by task name and current state.",
+            "# TYPE celeriac_dashboard_tasks gauge",
+        ]
+        for (name, state), count in sorted((current or {}).items()):
+            lines.append(f'celeriac_dashboard_tasks{{name="{_label(name)}",state="{_label(state)}"}} {count}')
+        lines += [
+            "# HELP celeriac_task_events_total Task events seen by the dashboard, by task name and the state "
+            "each event moves to (one task counts once per event: RECEIVED, STARTED, SUCCESS...).",
+            "# TYPE celeriac_task_events_total counter",
         ]
         with self._lock:
             for (name, state), count in sorted(self.by_name_state.items()):
-                lines.append(f'celeriac_tasks_total{{name="{_label(name)}",state="{state}"}} {count}')
+                lines.append(f'celeriac_task_events_total{{name="{_label(name)}",state="{state}"}} {count}')
             lines += [
                 "# HELP celeriac_task_runtime_seconds Runtime of succeeded tasks, by task name.",
                 "# TYPE celeriac_task_runtime_seconds histogram",

@@ -15,11 +15,17 @@ Connection strings::
     rediss://...                   TLS (redis-py's ssl_* query options apply)
     unix://[[username]:[password]@]/path/to/redis.sock[?db=N&...]
 
+Query keys besides the options below: ``db``, ``client_name``, ``health_check_interval``
+(and redis-py's ``ssl_*`` for ``rediss://``); any other key, a port or database that is not
+a number fails at start with one line naming ``broker_url``.
+
 Options (``broker_transport_options``, or the query string; the config wins):
 
-* ``visibility_timeout`` (60) — seconds a fetched message may go without a lease renewal
+* ``visibility_timeout`` (45) — seconds a fetched message may go without a lease renewal
   before another consumer claims it. The worker renews the leases of the messages it holds
-  every third of this, so only a dead (or frozen) worker's messages are claimed.
+  every third of this, so only a dead (or frozen) worker's messages are claimed: with the
+  default, a killed worker's task runs again within 50 s (45 s plus a sweep period of at
+  most 5 s).
 * ``global_keyprefix`` ("") — put before every key and channel name (several apps or test
   runs in one database).
 * ``publish_timeout`` (``broker_publish_timeout``, 10) — how long a publish, ack or other
@@ -41,7 +47,9 @@ Key layout (``P`` = ``global_keyprefix``; one consumer group ``celeriac`` per st
 * ``Pceleriac:wake:<queue>`` — a short capped stream whose entries only wake blocked
   fetches (a new earliest delayed message, a new priority level).
 * ``Pceleriac:sweep:<queue>`` — a lock (``SET NX PX``) so one consumer per period claims the
-  entries of dead consumers (``XAUTOCLAIM``, idle longer than ``visibility_timeout``).
+  entries of dead consumers (``XAUTOCLAIM``, idle longer than ``visibility_timeout``) and
+  deletes consumers that hold nothing and were idle that long (killed workers; a live one
+  is created again by its next read).
 * ``<queue>.dead-letter`` is an ordinary queue, so its streams are
   ``Pceleriac:q<level>:<queue>.dead-letter``; ``x-death-reason``/``-queue``/``-time``
   headers say why a message is there.

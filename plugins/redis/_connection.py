@@ -8,17 +8,26 @@ Every option is checked here, so a typo fails at start with one line naming the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
 
 import celeriac
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-__all__ = ["RedisOptions", "command_errors", "connection_errors", "describe", "make_client", "parse_options"]
+__all__ = [
+    "RedisOptions",
+    "check_url",
+    "command_errors",
+    "connection_errors",
+    "describe",
+    "make_client",
+    "parse_options",
+    "rebuild_url",
+]
 
 logger = logging.getLogger("celeriac.redis")
 
@@ -77,7 +86,7 @@ _OPTIONS: dict[str, tuple[Callable[[Any], Any], str]] = {
 class RedisOptions:
     """Checked transport options (see the plugin docstring for their meaning)."""
 
-    visibility_timeout: float = 60.0
+    visibility_timeout: float = 45.0
     global_keyprefix: str = ""
     publish_timeout: float = 10.0
     socket_timeout: float = 5.0
@@ -111,8 +120,68 @@ def parse_options(
         if parsed is None:
             raise celeriac.ConfigError(f"broker_transport_options.{key}: expected {expected}, got {value!r}")
         values[key] = int(parsed) if key == "max_connections" else parsed
-    clean = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest), parts.fragment))
-    return clean, RedisOptions(**values)
+    check_url("broker_url", url, rest, extra=_OPTIONS)
+    return rebuild_url(parts, rest), RedisOptions(**values)
+
+
+#: Query keys passed on to redis-py (besides the options above); ``rediss://`` takes the
+#: ``ssl_*`` ones too.
+URL_KEYS = frozenset({"db", "client_name", "health_check_interval"})
+SSL_URL_KEYS = frozenset(
+    {
+        "ssl_ca_certs",
+        "ssl_ca_path",
+        "ssl_cert_reqs",
+        "ssl_certfile",
+        "ssl_check_hostname",
+        "ssl_ciphers",
+        "ssl_keyfile",
+        "ssl_min_version",
+        "ssl_password",
+    }
+)
+
+
+def _database(text: str) -> bool:
+    return text.isdigit() and text.isascii()
+
+
+def check_url(setting: str, url: str, query: Sequence[tuple[str, str]], *, extra: Iterable[str] = ()) -> None:
+    """Raise :class:`~celeriac.ConfigError` (one line naming ``setting``) for a bad port, a
+    database that is not a number or a query key redis-py does not take (``query`` is what is
+    left after our own ``extra`` keys were taken out)."""
+    parts = urlsplit(url)
+    if parts.scheme != "unix":
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError:
+            port = parts.netloc.rpartition(":")[2]
+            raise celeriac.ConfigError(
+                f"{setting}: port {port!r} is not a number from 0 to 65535 (e.g. redis://127.0.0.1:6379/0)"
+            ) from None
+        database = parts.path.strip("/")
+        if database and not _database(database):
+            raise celeriac.ConfigError(
+                f"{setting}: database {database!r} in the path is not a number (e.g. redis://127.0.0.1:6379/0)"
+            )
+    elif not parts.path:
+        raise celeriac.ConfigError(f"{setting}: no socket path (e.g. unix:///run/redis/redis.sock?db=0)")
+    accepted = set(URL_KEYS) | set(extra) | (set(SSL_URL_KEYS) if parts.scheme == "rediss" else set())
+    for key, value in query:
+        if key not in accepted:
+            known = ", ".join(sorted(accepted))
+            raise celeriac.ConfigError(f"{setting}: unknown query option {key!r}; accepted: {known}")
+        if key == "db" and not _database(value):
+            raise celeriac.ConfigError(f"{setting}: db={value!r} is not a number (e.g. ?db=0)")
+
+
+def rebuild_url(parts: SplitResult, query: Sequence[tuple[str, str]]) -> str:
+    """``parts`` with ``query`` as its query string, keeping the ``//`` that redis-py needs
+    (``urlunsplit`` drops it when there is no host, as in ``unix:///path``)."""
+    url = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    if query:
+        url += f"?{urlencode(query)}"
+    return url + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 def describe(url: str) -> str:
@@ -131,13 +200,15 @@ def make_client(url: str, options: RedisOptions, *, socket_timeout: float | None
 
     ``socket_timeout`` overrides the option (blocking reads need a longer one).
     """
+    # TCP keepalive is for TCP connections: redis-py's unix socket connection refuses the keyword.
+    keepalive = {} if url.startswith("unix:") else {"socket_keepalive": options.socket_keepalive}
     try:
         return redis.Redis.from_url(
             url,
             socket_timeout=options.socket_timeout if socket_timeout is None else socket_timeout,
             socket_connect_timeout=min(options.socket_connect_timeout, options.publish_timeout),
-            socket_keepalive=options.socket_keepalive,
             max_connections=options.max_connections,
+            **keepalive,
             retry=Retry(NoBackoff(), 0),
             protocol=2,
         )

@@ -50,7 +50,9 @@ end
 #: Fetch up to ``limit`` messages from several queues, in one atomic step:
 #: 1. move due delayed messages into their priority streams;
 #: 2. every ``sweep_ms`` (one consumer per queue per period, via the sweep lock) claim entries
-#:    idle longer than the visibility timeout (their consumer died) with XAUTOCLAIM;
+#:    idle longer than the visibility timeout (their consumer died) with XAUTOCLAIM, and
+#:    delete consumers that hold nothing and were idle that long (killed workers; deleting
+#:    a live one loses nothing: its next XREADGROUP creates it again);
 #: 3. read new entries with XREADGROUP from the highest priority level down, creating the
 #:    consumer group on first sight of a stream.
 #: ARGV: group, consumer, limit, now (unix ms), visibility (ms), sweep period (ms, 0 = no
@@ -129,6 +131,24 @@ for q = 1, queues do
           end
           rounds = rounds + 1
         until cursor == '0-0' or remaining <= 0 or rounds >= 100
+      end
+    end
+    for level = 9, 0, -1 do
+      local key = KEYS[base + 3 + 9 - level]
+      local consumers = nil
+      if math.floor(mask / 2 ^ level) % 2 == 1 then consumers = redis.pcall('XINFO', 'CONSUMERS', key, group) end
+      if type(consumers) == 'table' and not consumers.err then
+        for _, c in ipairs(consumers) do
+          local name, pending, idle = nil, nil, nil
+          for j = 1, #c, 2 do
+            if c[j] == 'name' then name = c[j + 1]
+            elseif c[j] == 'pending' then pending = c[j + 1]
+            elseif c[j] == 'idle' then idle = c[j + 1] end
+          end
+          if name and name ~= consumer and pending == 0 and idle and idle > tonumber(visibility) then
+            redis.call('XGROUP', 'DELCONSUMER', key, group, name)
+          end
+        end
       end
     end
     if remaining <= 0 then redis.call('DEL', KEYS[base + 2]) end

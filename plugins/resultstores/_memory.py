@@ -260,6 +260,11 @@ class MemoryResultStore(celeriac.ResultStore):
             extras.values[key] = value
             return True
 
+    def delete_meta(self, key: str) -> bool:
+        """Delete the value stored under ``key``; returns whether there was one."""
+        with self._state.lock:
+            return self._extras().values.pop(key, None) is not None
+
 
 class _Extras:
     """Leases (name -> owner, monotonic expiry) and small values of one store state."""

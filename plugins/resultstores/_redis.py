@@ -16,6 +16,10 @@ Connection strings are the transport's: ``redis://[user:password@]host[:port][/d
 * ``socket_timeout`` (5), ``socket_connect_timeout`` (2), ``socket_keepalive`` (true),
   ``max_connections`` — passed to redis-py.
 
+The query string may also hold ``db``, ``client_name``, ``health_check_interval`` (and
+``ssl_*`` for ``rediss://``); any other key, or a port or database that is not a number,
+raises ``ConfigError`` with one line naming ``result_store``.
+
 Keys, as Celery names them: ``<prefix>celery-task-meta-<task id>`` holds a record — a line
 ``celeriac/1``, the state, the content type and the encoding, one per line, then the encoded
 meta — and every write is also ``PUBLISH``-ed on a channel of the same name. A value that
@@ -36,7 +40,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
 
 import celeriac
 import redis
@@ -89,6 +93,51 @@ def _option(key: str, value: Any) -> Any:
         expected = f"a positive {kind.__name__}" if kind in (int, float) else f"a {kind.__name__}"
         raise celeriac.ConfigError(f"result_store_options.{key}: expected {expected}, got {value!r}")
     return value
+
+
+#: Query keys passed on to redis-py besides ours; ``rediss://`` takes the ``ssl_*`` ones too.
+_URL_KEYS = frozenset({"db", "client_name", "health_check_interval"})
+_SSL_URL_KEYS = frozenset(
+    {
+        "ssl_ca_certs",
+        "ssl_ca_path",
+        "ssl_cert_reqs",
+        "ssl_certfile",
+        "ssl_check_hostname",
+        "ssl_ciphers",
+        "ssl_keyfile",
+        "ssl_min_version",
+        "ssl_password",
+    }
+)
+
+
+def _check_url(parts: SplitResult, rest: list[tuple[str, str]]) -> None:
+    """Raise ``ConfigError`` for a bad port, a database that is not a number, or a query key
+    (``rest``: those left after ours) that redis-py does not take."""
+    if parts.scheme != "unix":
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError:
+            port = parts.netloc.rpartition(":")[2]
+            raise celeriac.ConfigError(
+                f"result_store: port {port!r} is not a number from 0 to 65535 (e.g. redis://127.0.0.1:6379/1)"
+            ) from None
+        database = parts.path.strip("/")
+        if database and not (database.isdigit() and database.isascii()):
+            raise celeriac.ConfigError(
+                f"result_store: database {database!r} in the path is not a number (e.g. redis://127.0.0.1:6379/1)"
+            )
+    elif not parts.path:
+        raise celeriac.ConfigError("result_store: no socket path (e.g. unix:///run/redis/redis.sock?db=1)")
+    accepted = _URL_KEYS | set(_OPTIONS) | (_SSL_URL_KEYS if parts.scheme == "rediss" else frozenset())
+    for key, value in rest:
+        if key not in accepted:
+            raise celeriac.ConfigError(
+                f"result_store: unknown query option {key!r}; accepted: {', '.join(sorted(accepted))}"
+            )
+        if key == "db" and not (value.isdigit() and value.isascii()):
+            raise celeriac.ConfigError(f"result_store: db={value!r} is not a number (e.g. ?db=1)")
 
 
 def encode_record(record: celeriac.ResultRecord) -> bytes:
@@ -520,14 +569,18 @@ class RedisResultStore(celeriac.ResultStore):
         query = parse_qsl(parts.query, keep_blank_values=True)
         settings = {**_DEFAULTS, **{k: v for k, v in query if k in _OPTIONS}, **self.options}
         settings = {key: _option(key, value) for key, value in settings.items()}
-        rest = urlencode([(k, v) for k, v in query if k not in _OPTIONS])
-        clean = urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment))
+        rest = [(k, v) for k, v in query if k not in _OPTIONS]
+        _check_url(parts, rest)
+        clean = f"{parts.scheme}://{parts.netloc}{parts.path}"  # keeps unix:///path's "//"
+        clean += f"?{urlencode(rest)}" if rest else ""
         self.prefix: str = settings.pop("global_keyprefix")
         self.retry_timeout: float = settings.pop("retry_timeout")
         host = (
             f"unix:{parts.path}" if parts.scheme == "unix" else f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
         )
         self.where = f"{host}/{parts.path.strip('/') or '0'}" if parts.scheme != "unix" else host
+        if parts.scheme == "unix":  # TCP keepalive: redis-py's unix socket connection refuses the keyword
+            settings.pop("socket_keepalive", None)
         try:
             self._client: Any = redis.Redis.from_url(clean, retry=Retry(NoBackoff(), 0), protocol=2, **settings)
         except ValueError as exc:
@@ -761,6 +814,11 @@ class RedisResultStore(celeriac.ResultStore):
             "write to", lambda: self._client.eval(_FENCED_SET, 2, lease_key, meta_key, owner or "", value)
         )
         return bool(written)
+
+    def delete_meta(self, key: str) -> bool:
+        """``DEL`` the value; returns whether there was one."""
+        deleted = self._retrying("delete from", lambda: self._lean.call("DEL", self._meta_key(key)))
+        return bool(deleted)
 
 
 #: KEYS[1] lease, ARGV[1] owner, ARGV[2] milliseconds -> 1 if the owner holds the lease now.

@@ -468,6 +468,11 @@ class SQLiteResultStore(celeriac.ResultStore):
             )
         return True
 
+    def delete_meta(self, key: str) -> bool:
+        """Delete the value stored under ``key``; returns whether there was one."""
+        with self._beat_session("delete a value", write=True) as connection:
+            return connection.execute("DELETE FROM celeriac_values WHERE key = ?", (key,)).rowcount > 0
+
 
 _BEAT_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS celeriac_leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL)",

@@ -182,17 +182,42 @@ def test_add_periodic_task_takes_tasks_signatures_and_names(app: Celeriac, clock
     def add(x: int, y: int) -> int:
         return x + y
 
-    assert app.add_periodic_task(30, add, args=(1, 2)) == add.name
+    assert app.add_periodic_task(30, add, args=(1, 2)) == f"{add.name}(1, 2)"
     assert app.add_periodic_task("0 * * * *", add.s(2, 2), name="hourly", queue="math") == "hourly"
     app.add_periodic_task(timedelta(minutes=1), "proj.other", name="by-name", kwargs={"k": 1})
     beat = Beat(app, clock=clock)
-    assert beat.entries[add.name].schedule == Interval(30) and beat.entries[add.name].args == (1, 2)
+    by_task = beat.entries[f"{add.name}(1, 2)"]
+    assert by_task.schedule == Interval(30) and by_task.args == (1, 2)
     assert beat.entries["hourly"].args == (2, 2) and beat.entries["hourly"].options == {"queue": "math"}
     assert beat.entries["by-name"].kwargs == {"k": 1}
     with pytest.raises(ConfigError, match=r"\[celeriac.beat.schedule.nope\] schedule: expected seconds"):
         app.add_periodic_task("whenever", add, name="nope")
     with pytest.raises(ConfigError, match="expected a task, a signature or a task name"):
         app.add_periodic_task(5, 42)
+
+
+def test_add_periodic_task_keeps_entries_of_one_task_apart_and_refuses_name_clashes(
+    app: Celeriac, clock: VirtualClock
+) -> None:
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    first = app.add_periodic_task(30, add.s(1, 2))
+    second = app.add_periodic_task(60, add.s(3, 4))
+    third = app.add_periodic_task(90, add, kwargs={"x": 1, "y": 2})
+    assert [first, second, third] == [f"{add.name}(1, 2)", f"{add.name}(3, 4)", f"{add.name}(x=1, y=2)"]
+    assert app.add_periodic_task(30, add.s(1, 2)) == first  # the same entry again: no change, no error
+    entries = Beat(app, clock=clock).entries
+    assert (entries[first].schedule, entries[first].args) == (Interval(30), (1, 2))
+    assert (entries[second].schedule, entries[second].args) == (Interval(60), (3, 4))
+    assert entries[third].kwargs == {"x": 1, "y": 2}
+    assert app.add_periodic_task(30, add.s(1, 2), name="sums") == "sums"
+    with pytest.raises(ConfigError, match=r"an entry named 'sums' was already added .* its own name="):
+        app.add_periodic_task(60, add.s(3, 4), name="sums")
+    with pytest.raises(ConfigError, match=r"an entry named '.*add\(1, 2\)' was already added"):
+        app.add_periodic_task(45, add.s(1, 2))  # same signature, another schedule: name them
+    assert app.periodic_tasks["sums"].args == (1, 2) and app.periodic_tasks[first].schedule == Interval(30)
 
 
 def test_restart_after_downtime_sends_one_run_with_catch_up_once(apps: Any, clock: VirtualClock) -> None:

@@ -8,7 +8,9 @@ to the real broker, and every test checks the broker holds each due run exactly 
 from __future__ import annotations
 
 import functools
+import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -116,12 +118,37 @@ def test_two_running_beats_send_each_due_run_once(make_app: MakeApp) -> None:
     assert len(ids) == len(set(ids)) == 14
 
 
+class Attempts:
+    """Wraps ``Beat.tick`` to record, in monotonic time, when each pass started and ended and
+    whether the beat led afterwards."""
+
+    def __init__(self, beat: Beat) -> None:
+        self.lock = threading.Lock()
+        self.passes: list[tuple[float, float, bool]] = []
+        tick = beat.tick
+
+        def timed() -> list[Any]:
+            started = time.monotonic()
+            try:
+                return tick()
+            finally:
+                with self.lock:
+                    self.passes.append((started, time.monotonic(), beat.is_leader))
+
+        beat.tick = timed  # type: ignore[method-assign]
+
+    def since(self, moment: float) -> list[tuple[float, float, bool]]:
+        with self.lock:
+            return [p for p in self.passes if p[1] >= moment]
+
+
 @pytest.mark.timeout(60)
 def test_a_killed_leader_is_replaced_within_the_lease_time_and_nothing_is_sent_twice(make_app: MakeApp) -> None:
     schedule = {"every10": {"task": "proj.a", "schedule": 10}}
     settings = {"beat_schedule": schedule, "beat_lease_timeout": 1.0, "beat_max_loop_interval": 0.2}
     clock, recorder = VirtualClock(START, real_wait=0.05), Recorder()
     beats = [recorder.attach(Beat(make_app(**settings), clock=clock)) for _ in range(2)]
+    attempts = {beat.owner: Attempts(beat) for beat in beats}
     for beat in beats:
         beat.start()
     try:
@@ -132,9 +159,10 @@ def test_a_killed_leader_is_replaced_within_the_lease_time_and_nothing_is_sent_t
         [leader] = [beat for beat in beats if beat.is_leader]
         [follower] = [beat for beat in beats if beat is not leader]
         leader.stop(release=False)  # dies holding the lease
+        stopped = time.monotonic()  # its last renewal is done: the lease runs out by stopped + 1 s
+        last_renewal = leader._renewed_at  # monotonic start of that renewal: not out before this + 1 s
         clock.advance(10)  # a run falls due while nobody leads
-        # taken over once the 1 s lease ran out (generous bound: the machine is shared)
-        wait_for(lambda: follower.is_leader, timeout=10, message="the follower never took over")
+        wait_for(lambda: follower.is_leader, timeout=30, message="the follower never took over")
         wait_for(lambda: len(recorder.due("every10")) >= 4, timeout=10, message="the run due in the gap was lost")
         for step in range(5, 7):
             clock.advance(10)
@@ -146,6 +174,40 @@ def test_a_killed_leader_is_replaced_within_the_lease_time_and_nothing_is_sent_t
     assert len(due) == len(set(due)) == 6
     ids = sent_runs(beats[0].app)
     assert len(ids) == len(set(ids)) == 6
+    # Take-over within the lease time, measured on the clock beat uses (monotonic), not on how
+    # fast a loaded machine schedules threads: the follower ...
+    passes = attempts[follower.owner].since(stopped)
+    took_over = next(i for i, (_, _, led) in enumerate(passes) if led)
+    expiry = stopped + leader.lease_timeout
+    # ... did not take over while the lease still held,
+    assert passes[took_over][1] >= last_renewal + leader.lease_timeout
+    # ... took over at its first pass that began after the lease ran out,
+    assert all(started < expiry for started, _, _ in passes[:took_over]), (passes, expiry)
+    # ... and asks to be woken at least every renew interval (0.25 s) while following, so that
+    # pass starts at most lease_timeout + renew_interval after the leader died (plus load delay).
+    assert follower.renew_interval == leader.lease_timeout / 4
+    assert not follower.is_leader  # stopped: asks as a follower would
+    assert follower.seconds_until_due() <= follower.renew_interval
+
+
+def test_a_new_leader_deletes_the_last_run_times_of_removed_entries(make_app: MakeApp) -> None:
+    clock = VirtualClock(START)
+    both = {"kept": {"task": "proj.a", "schedule": 10}, "dropped": {"task": "proj.b", "schedule": 10}}
+    first = Beat(make_app(beat_schedule=both), clock=clock)
+    first.tick()
+    store = first.app.result_store
+    assert store.get_meta(first._meta_key("dropped")) == START and store.get_meta(first._meta_key("kept")) == START
+    first.stop()
+    clock.advance(10)
+    later = Beat(make_app(beat_schedule={"kept": both["kept"]}), clock=clock)
+    assert [run.entry for run in later.tick()] == ["kept"]  # kept its last-run time: due now, not re-anchored
+    assert store.get_meta(first._meta_key("dropped")) is None
+    assert store.get_meta(first._meta_key("kept")) == "2026-03-29T00:00:10+00:00"
+    assert json.loads(store.get_meta(later._index_key()) or "") == ["kept"]
+    assert store.delete_meta(first._meta_key("kept")) is True
+    assert store.delete_meta(first._meta_key("kept")) is False
+    later.stop()
+    sent_runs(later.app)
 
 
 @pytest.mark.parametrize(("policy", "expected"), [("once", 1), ("skip", 0)])

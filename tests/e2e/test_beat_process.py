@@ -11,12 +11,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from celeriac.testing import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -68,12 +68,12 @@ class Process:
             self.proc.stderr.close()
 
 
-def wait_until(condition: Callable[[], object], timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(message)
-        time.sleep(0.05)
+def wait_until(condition: Callable[[], object], timeout: float, message: str, *said: Process) -> None:
+    """``wait_for`` the condition; on timeout the message shows what ``said`` processes logged by then."""
+    try:
+        wait_for(condition, timeout=timeout, interval=0.05)
+    except AssertionError:
+        raise AssertionError(f"{message}; they said: {[process.lines for process in said]}") from None
 
 
 def redis_url(request: pytest.FixtureRequest) -> str:
@@ -144,7 +144,7 @@ def project(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Project]
 def test_two_beats_send_each_run_once_and_the_survivor_takes_over_from_a_killed_leader(project: Project) -> None:
     worker = project.start("worker", "-l", "WARNING")
     beats = [project.start("beat", "-l", "INFO") for _ in range(2)]
-    wait_until(lambda: len(project.runs()) >= 3, 45, f"no runs recorded; beat said: {beats[0].lines + beats[1].lines}")
+    wait_until(lambda: len(project.runs()) >= 3, 45, "no runs recorded", *beats, worker)
     leaders = [beat for beat in beats if beat.said("leader now")]
     assert len(leaders) == 1, [beat.lines for beat in beats]
     [leader] = leaders
@@ -152,8 +152,8 @@ def test_two_beats_send_each_run_once_and_the_survivor_takes_over_from_a_killed_
     leader.proc.send_signal(signal.SIGKILL)  # dies holding the lease
     leader.close()
     killed_at = len(project.runs())
-    wait_until(lambda: survivor.said("leader now"), 30, f"the survivor never took over: {survivor.lines}")
-    wait_until(lambda: len(project.runs()) >= killed_at + 3, 30, "the new leader sent nothing")
+    wait_until(lambda: survivor.said("leader now"), 30, "the survivor never took over", survivor)
+    wait_until(lambda: len(project.runs()) >= killed_at + 3, 30, "the new leader sent nothing", survivor, worker)
     assert survivor.stop() == 0
     assert worker.stop() == 0
     runs = project.runs()
@@ -163,7 +163,7 @@ def test_two_beats_send_each_run_once_and_the_survivor_takes_over_from_a_killed_
 
 def test_worker_with_embedded_beat(project: Project) -> None:
     worker = project.start("worker", "--beat", "-l", "INFO")
-    wait_until(lambda: len(project.runs()) >= 2, 45, f"no runs recorded; worker said: {worker.lines}")
+    wait_until(lambda: len(project.runs()) >= 2, 45, "no runs recorded", worker)
     assert worker.stop() == 0
     assert worker.said("released the lease")
     runs = project.runs()

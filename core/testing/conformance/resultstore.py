@@ -365,6 +365,9 @@ class ResultStoreSuite:
         assert reader.get_meta(key) == "2026-01-01T00:00:00+00:00"
         assert writer.set_meta(key, "änder ✓") is True
         assert reader.get_meta(key) == "änder ✓"
+        assert writer.delete_meta(key) is True
+        assert reader.get_meta(key) is None
+        assert writer.delete_meta(key) is False
 
     def test_a_fenced_meta_write_needs_the_unexpired_lease(self, open_store: MakeStore) -> None:
         holder, other = open_store(), open_store()

@@ -82,11 +82,13 @@ function fmtTime(ts) {
 }
 function fmtSeconds(s) { return s === null || s === undefined ? "" : s < 0.001 ? `${(s * 1e6).toFixed(0)} µs` : s < 1 ? `${(s * 1000).toFixed(1)} ms` : `${s.toFixed(3)} s`; }
 function badge(text) { return h("span", { class: `badge ${text}` }, text); }
+function blank(v) { return v === null || v === undefined || v === "" || (Array.isArray(v) && !v.length); }
+// a definition list of [label, value] pairs; rows without a value are left out
 function facts(pairs) {
-  return h("dl", { class: "facts" }, pairs.filter(Boolean).map(([k, v]) => [h("dt", {}, k), h("dd", {}, v === null || v === undefined ? "" : v)]));
+  return h("dl", { class: "facts" }, pairs.filter((p) => p && !blank(p[1])).map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
 }
 function pretty(value) { return h("pre", {}, value === null || value === undefined ? "—" : typeof value === "string" ? value : JSON.stringify(value, null, 2)); }
-function render(...nodes) { main.replaceChildren(...nodes.flat()); }
+function render(...nodes) { main.replaceChildren(...nodes.flat(Infinity).filter((n) => n !== null && n !== undefined && n !== false)); }
 function debounce(fn, ms) {
   let timer = null;
   return () => { if (timer) return; timer = setTimeout(() => { timer = null; fn(); }, ms); };
@@ -108,6 +110,8 @@ function connect() {
     const batch = JSON.parse(e.data);
     for (const fn of listeners) fn(batch);
   });
+  // the server dropped notes (this page fell behind): reload its data rather than miss changes
+  source.addEventListener("resync", () => { for (const fn of listeners) fn([{ type: "resync" }]); });
   source.onerror = () => { live.textContent = "reconnecting"; live.className = "live off"; };
 }
 
@@ -132,7 +136,7 @@ pages.workers = async () => {
   };
   await load();
   const refresh = debounce(load, 500);
-  onUpdate((batch) => { if (batch.some((n) => n.type.startsWith("worker-") || n.type.startsWith("task-"))) refresh(); });
+  onUpdate((batch) => { if (batch.some((n) => n.type === "resync" || n.type.startsWith("worker-") || n.type.startsWith("task-"))) refresh(); });
 };
 
 pages.worker = async () => {
@@ -197,7 +201,7 @@ pages.worker = async () => {
     const el = document.querySelector("h1 .badge");
     if (w && el) { el.textContent = w.alive ? "online" : "offline"; el.className = `badge ${w.alive ? "online" : "offline"}`; }
   }, 1000);
-  onUpdate((batch) => { if (batch.some((n) => n.hostname === ARG)) refresh(); });
+  onUpdate((batch) => { if (batch.some((n) => n.type === "resync" || n.hostname === ARG)) refresh(); });
 };
 
 pages.tasks = async () => {
@@ -265,7 +269,7 @@ pages.tasks = async () => {
   }
   await load();
   const refresh = debounce(load, 500);
-  onUpdate((batch) => { if (batch.some((n) => n.type.startsWith("task-"))) refresh(); });
+  onUpdate((batch) => { if (batch.some((n) => n.type === "resync" || n.type.startsWith("task-"))) refresh(); });
 };
 
 pages.task = async () => {
@@ -282,9 +286,9 @@ pages.task = async () => {
     render(
       h("h1", {}, t.name || "task", " ", badge(t.state)),
       h("div", { class: "row control", id: "task-actions" },
-        h("button", { class: "danger", id: "revoke", disabled: final, onclick: async () => { await act("revoke", `/api/tasks/${t.uuid}/revoke`, { terminate: false }); load(); } }, "Revoke"),
+        h("button", { class: "danger", id: "revoke", disabled: final, onclick: async () => { await act("revoke", `/api/tasks/${t.uuid}/revoke`, { terminate: false, name: t.name || null }); load(); } }, "Revoke"),
         h("button", { class: "danger", id: "terminate", disabled: !running, onclick: async () => {
-          if (confirm("Terminate the running task?")) { await act("terminate", `/api/tasks/${t.uuid}/revoke`, { terminate: true, signal: "SIGTERM" }); load(); }
+          if (confirm("Terminate the running task?")) { await act("terminate", `/api/tasks/${t.uuid}/revoke`, { terminate: true, signal: "SIGTERM", name: t.name || null }); load(); }
         } }, "Terminate")),
       h("div", { class: "grid" },
         h("section", { class: "card", id: "details" }, h("h2", {}, "Details"), facts([
@@ -293,7 +297,7 @@ pages.task = async () => {
           ["sent", fmtTime(t.sent)], ["received", fmtTime(t.received)], ["started", fmtTime(t.started)],
           ["finished", fmtTime(t.succeeded ?? t.failed ?? t.revoked ?? t.rejected)], ["runtime", fmtSeconds(t.runtime)],
           ["parent", link(t.parent_id)], ["root", link(t.root_id)],
-          ["children", h("span", {}, (t.children || []).map((c) => [link(c), " "]))],
+          ["children", (t.children || []).length ? h("span", {}, t.children.map((c) => [link(c), " "])) : null],
         ])),
         h("section", { class: "card", id: "arguments" }, h("h2", {}, "Arguments"), facts([["args", h("span", { class: "mono" }, t.args ?? "")], ["kwargs", h("span", { class: "mono" }, t.kwargs ?? "")]]),
           h("h2", {}, "Result"), h("div", { id: "result" }, pretty(t.result ?? (result ? result.result : null))),
@@ -302,7 +306,7 @@ pages.task = async () => {
   };
   await load();
   const refresh = debounce(load, 300);
-  onUpdate((batch) => { if (batch.some((n) => n.uuid === ARG)) refresh(); });
+  onUpdate((batch) => { if (batch.some((n) => n.type === "resync" || n.uuid === ARG)) refresh(); });
 };
 
 pages.queues = async () => {
@@ -315,6 +319,7 @@ pages.queues = async () => {
   };
   await load();
   onUpdate((batch) => {
+    if (batch.some((n) => n.type === "resync")) { load(); return; }
     for (const note of batch) {
       if (note.type !== "queues") continue;
       for (const [name, length] of Object.entries(note.lengths)) {

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
 import pytest
+from celeriac.plugins.dashboard import DashboardConfig, _api, create_app
+from celeriac.plugins.dashboard._monitor import Monitor
+from celeriac.plugins.dashboard._security import verify_password
 from celeriac.testing import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from .conftest import CELERIAC, Cluster, csrf_headers, dashboard_client
+from .conftest import CELERIAC, Cluster, csrf_headers, dashboard_client, serve, stop_serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -38,6 +43,7 @@ def _task(client: TestClient, task_id: str, state: str) -> dict[str, Any] | None
 def test_workers_list_and_detail_show_pool_queues_tasks_and_masked_conf(client: TestClient, cluster: Cluster) -> None:
     worker = _worker(client, cluster.hostname)
     assert worker is not None and worker["sw_ident"] == "celeriac"
+    assert isinstance(worker["online"], float) and worker["online"] <= time.time() and worker["offline"] is None
     detail = client.get(f"/api/workers/{cluster.hostname}").json()
     inspect = detail["inspect"]
     assert inspect["stats"]["pool"]["max-concurrency"] == 2
@@ -86,7 +92,10 @@ def test_send_a_task_by_name_then_revoke_it_before_it_runs(client: TestClient, c
     revoked = client.post(f"/api/tasks/{task_id}/revoke", json={"terminate": False}, headers=headers)
     assert revoked.status_code == 200
     assert any(cluster.hostname in reply for reply in revoked.json()["replies"])
-    wait_for(lambda: _task(client, task_id, "REVOKED"), timeout=20, message="the revoked task was not reported")
+    record = wait_for(
+        lambda: _task(client, task_id, "REVOKED"), timeout=20, message="the revoked task was not reported"
+    )
+    assert record["name"] == "dashboard_tasks.add"  # no worker ever received it: the dashboard knows the name
     assert cluster.app.AsyncResult(task_id).state == "REVOKED"
     assert client.post("/api/tasks/send", json={"name": ""}, headers=headers).status_code == 400
 
@@ -134,11 +143,20 @@ def test_queues_metrics_health_and_openapi(client: TestClient, cluster: Cluster)
     text = client.get("/metrics").text
     families = {family.name: family for family in text_string_to_metric_families(text)}
     assert {
-        "celeriac_tasks",
+        "celeriac_dashboard_tasks",
+        "celeriac_task_events",
         "celeriac_task_runtime_seconds",
         "celeriac_queue_length",
         "celeriac_workers_online",
     } <= set(families)
+    assert families["celeriac_dashboard_tasks"].type == "gauge"
+    assert families["celeriac_task_events"].type == "counter"
+    current = {
+        sample.labels["state"]: sample.value
+        for sample in families["celeriac_dashboard_tasks"].samples
+        if sample.labels["name"] == "dashboard_tasks.add"
+    }
+    assert current.get("SUCCESS", 0) >= 1 and "STARTED" not in current  # each task once, in its current state
     online = [sample.value for sample in families["celeriac_workers_online"].samples]
     assert online and online[0] >= 1
     assert client.get("/healthz").json() == {"status": "ok", "receiving_events": True}
@@ -179,3 +197,55 @@ def test_the_celeriac_dashboard_command_serves_the_cluster(cluster: Cluster, tmp
         process.wait(15)
         if process.stderr is not None:
             process.stderr.close()
+
+
+def test_the_event_stream_tells_a_page_that_fell_behind_to_resync(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_api, "STREAM_QUEUE_SIZE", 3)
+    monitor = Monitor(cluster.app)
+    url, server, thread = serve(create_app(cluster.app, DashboardConfig(), monitor=monitor, start_monitor=False))
+    try:
+        with httpx.stream("GET", f"{url}/api/stream", timeout=15) as response:
+            events = (line.removeprefix("event: ") for line in response.iter_lines() if line.startswith("event: "))
+            assert next(events) == "hello"
+            beat = {"type": "worker-heartbeat", "hostname": "busy@host", "freq": 2.0}
+            for _ in range(200):  # far more than the page's queue holds before the stream drains it
+                monitor.apply({**beat, "timestamp": time.time()})
+            assert "resync" in itertools.islice(events, 5)
+    finally:
+        stop_serving(server, thread)
+
+
+def _dashboard(tmp_path: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin"}
+    return subprocess.run(
+        [CELERIAC, "dashboard", *args], cwd=tmp_path, capture_output=True, text=True, timeout=30, env=env, input=stdin
+    )
+
+
+def test_the_command_refuses_a_port_in_use_or_out_of_range_before_printing_the_url(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = _dashboard(tmp_path, "--port", str(port))
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"celeriac: dashboard: port {port} on 127.0.0.1 is in use; stop what listens there or pick another with --port"
+    ]
+    result = _dashboard(tmp_path, "--port", "99999")
+    assert result.returncode == 2 and "99999 is not in the range 1<=x<=65535" in result.stderr
+    assert "http://" not in result.stderr
+
+
+def test_hash_password_reads_stdin(tmp_path: Path) -> None:
+    result = _dashboard(tmp_path, "--hash-password", "--password-stdin", stdin="s3cret-pass\n")
+    assert result.returncode == 0, result.stderr
+    digest = result.stdout.strip()
+    assert digest.startswith("scrypt$")
+    assert verify_password("s3cret-pass", digest) and not verify_password("other", digest)
+    empty = _dashboard(tmp_path, "--hash-password", "--password-stdin", stdin="")
+    assert empty.returncode == 2 and "the password is empty" in empty.stderr
+    alone = _dashboard(tmp_path, "--password-stdin")
+    assert alone.returncode == 2 and "--password-stdin goes with --hash-password" in alone.stderr

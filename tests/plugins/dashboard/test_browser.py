@@ -1,8 +1,9 @@
 """The dashboard in real headless Chromium (Debian's ``chromium``, driven by Playwright) against a
 worker subprocess on Redis: the workers page shows the worker, a task sent during the test
 appears on the tasks page without a reload, the task page shows its result, revoke stops a
-countdown task, pool grow changes the pool size. A screenshot of each page is saved under the
-test's temporary directory (and to ``$CELERIAC_DASHBOARD_SCREENSHOT`` when set, for the docs)."""
+countdown task, pool grow changes the pool size. A screenshot of each page is saved under
+``build/test-artifacts/dashboard/`` (git-ignored, kept after the run; and to
+``$CELERIAC_DASHBOARD_SCREENSHOT`` when set, for the docs)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from .conftest import Cluster, serve, stop_serving
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 CHROMIUM = os.environ.get("CELERIAC_CHROMIUM", "/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parents[3] / "build" / "test-artifacts" / "dashboard"
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +63,14 @@ def page(browser: Any, dashboard: str) -> Iterator[Any]:
         tab.close()
 
 
-def test_dashboard_pages_live_updates_revoke_and_pool_grow(
-    page: Any, cluster: Cluster, dashboard: str, tmp_path: Path
-) -> None:
+def test_dashboard_pages_live_updates_revoke_and_pool_grow(page: Any, cluster: Cluster, dashboard: str) -> None:
     cluster.app.conf.update({"task_send_sent_event": True})  # countdown tasks show up before a worker has them
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
+    shots = SCREENSHOTS
+    shots.mkdir(parents=True, exist_ok=True)
+    for old in shots.glob("*.png"):
+        old.unlink()
 
     # Workers: the worker is listed online (its heartbeats arrive over the event stream).
     page.goto(f"{dashboard}/workers")
@@ -91,6 +93,8 @@ def test_dashboard_pages_live_updates_revoke_and_pool_grow(
     page.wait_for_url(f"**/tasks/{result.id}")
     page.locator("#result pre", has_text="42").wait_for(timeout=10_000)
     assert page.locator("h1 .badge").inner_text() == "SUCCESS"
+    assert page.locator("#exception").count() == 0  # no exception: no section, and no stray "null"
+    assert "null" not in page.locator("#main").inner_text()
     page.screenshot(path=str(shots / "task.png"))
 
     # Revoke: a countdown task revoked from its page never runs.

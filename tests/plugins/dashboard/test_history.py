@@ -123,10 +123,72 @@ def test_monitor_links_children_and_counts_for_graphs_and_metrics(app: celeriac.
     assert sum(p["failed"] for p in graphs["throughput"]) == 1
     assert graphs["runtimes"]["proj.add"]["p50"] == pytest.approx(0.25)
     monitor.stats.queue_sample({"default": 7})
-    families = {f.name: f for f in text_string_to_metric_families(monitor.stats.prometheus(workers_online=1))}
+    text = monitor.stats.prometheus(workers_online=1, current=monitor.history.counts())
+    families = {f.name: f for f in text_string_to_metric_families(text)}
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
-    assert samples[("celeriac_tasks_total", (("name", "proj.fail"), ("state", "FAILURE")))] == 1
+    assert families["celeriac_dashboard_tasks"].type == "gauge"
+    current = {labels: value for (name, labels), value in samples.items() if name == "celeriac_dashboard_tasks"}
+    # each task once, in its current state (not once per event)
+    assert current == {
+        (("name", "proj.add"), ("state", "SUCCESS")): 1,
+        (("name", "proj.fail"), ("state", "FAILURE")): 1,
+    }
+    assert samples[("celeriac_task_events_total", (("name", "proj.fail"), ("state", "FAILURE")))] == 1
+    assert samples[("celeriac_task_events_total", (("name", "proj.add"), ("state", "STARTED")))] == 1
     assert samples[("celeriac_task_runtime_seconds_count", (("name", "proj.add"),))] == 1
     assert samples[("celeriac_task_runtime_seconds_bucket", (("le", "0.25"), ("name", "proj.add")))] == 1
     assert samples[("celeriac_queue_length", (("queue", "default"),))] == 7
     assert samples[("celeriac_workers_online", ())] == 1
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_history_counts_tasks_by_name_and_current_state(kind: str, tmp_path: Path) -> None:
+    history = MemoryHistory() if kind == "memory" else SQLiteHistory(tmp_path / "h.db")
+    for index, (name, state) in enumerate([("a", "SUCCESS"), ("a", "SUCCESS"), ("a", "FAILURE"), (None, "REVOKED")]):
+        history.put({"uuid": f"t{index}", "name": name, "state": state, "timestamp": time.time()})
+    history.put({"uuid": "t0", "name": "a", "state": "STARTED", "timestamp": time.time()})  # replaces t0
+    assert history.counts() == {
+        ("a", "STARTED"): 1,
+        ("a", "SUCCESS"): 1,
+        ("a", "FAILURE"): 1,
+        ("unknown", "REVOKED"): 1,
+    }
+    history.close()
+
+
+def test_a_task_revoked_before_a_worker_got_it_keeps_the_name_the_dashboard_knows(app: celeriac.Celeriac) -> None:
+    monitor = Monitor(app)
+    sent_here, revoked_here, announced = (str(uuid.uuid4()) for _ in range(3))
+    monitor.remember_name(sent_here, "proj.sent")  # what /api/tasks/send does
+    revoked = {"type": "task-revoked", "hostname": "w1@host", "timestamp": time.time(), "expired": False}
+    monitor.apply({**revoked, "uuid": sent_here})
+    assert monitor.history.get(sent_here)["name"] == "proj.sent"  # type: ignore[index]
+    # revoked first, named afterwards (a revoke request with a name): the record is filled in
+    monitor.apply({**revoked, "uuid": revoked_here})
+    assert monitor.history.get(revoked_here)["name"] is None  # type: ignore[index]
+    monitor.remember_name(revoked_here, "proj.revoked")
+    assert monitor.history.get(revoked_here)["name"] == "proj.revoked"  # type: ignore[index]
+    # a task-sent event names it too
+    monitor.apply({"type": "task-sent", "uuid": announced, "name": "proj.announced", "timestamp": time.time()})
+    monitor.apply({**revoked, "uuid": announced})
+    record = monitor.history.get(announced)
+    assert record is not None and record["name"] == "proj.announced" and record["state"] == "REVOKED"
+    assert monitor.history.counts()[("proj.sent", "REVOKED")] == 1
+
+
+def test_workers_report_when_they_came_online_and_went_offline(app: celeriac.Celeriac) -> None:
+    monitor = Monitor(app)
+    now = time.time()
+    beat = {"type": "worker-heartbeat", "freq": 2.0, "active": 0, "processed": 0}
+    monitor.apply({**beat, "hostname": "seen@host", "timestamp": now, "local_received": now})
+    monitor.apply(
+        {**beat, "type": "worker-online", "hostname": "born@host", "timestamp": now - 5, "local_received": now - 5}
+    )
+    monitor.apply({**beat, "hostname": "born@host", "timestamp": now, "local_received": now})
+    monitor.apply({**beat, "hostname": "gone@host", "timestamp": now - 60, "local_received": now - 60})
+    monitor.apply({**beat, "type": "worker-offline", "hostname": "left@host", "timestamp": now, "local_received": now})
+    workers = {worker["hostname"]: worker for worker in monitor.workers()}
+    assert workers["seen@host"]["online"] == now and workers["seen@host"]["offline"] is None
+    assert workers["born@host"]["online"] == now - 5 and workers["born@host"]["alive"]
+    assert not workers["gone@host"]["alive"] and workers["gone@host"]["offline"] > now - 60
+    assert workers["left@host"]["offline"] == now and not workers["left@host"]["alive"]

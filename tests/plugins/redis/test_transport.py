@@ -70,12 +70,12 @@ def raw(broker_url: str) -> Iterator[redis.Redis]:
 
 def test_query_string_options_are_read_and_config_wins() -> None:
     url, options = parse_options(
-        "redis://:secret@example.org:6380/3?visibility_timeout=30&global_keyprefix=a:&ssl_cert_reqs=none",
+        "rediss://:secret@example.org:6380/3?visibility_timeout=30&global_keyprefix=a:&ssl_cert_reqs=none",
         {"global_keyprefix": "b:"},
     )
     assert options.visibility_timeout == 30.0
     assert options.global_keyprefix == "b:"
-    assert url == "redis://:secret@example.org:6380/3?ssl_cert_reqs=none"
+    assert url == "rediss://:secret@example.org:6380/3?ssl_cert_reqs=none"
     assert describe("redis://:secret@example.org:6380/3") == "example.org:6380/3"
     assert describe("unix:///run/redis.sock?db=2") == "unix:/run/redis.sock"
 
@@ -103,7 +103,7 @@ def test_hook_serves_redis_schemes_only_and_reads_the_publish_timeout() -> None:
         assert isinstance(transport, RedisTransport)
         assert transport.settings.publish_timeout == 2.5
         assert transport.needs_lease_extension
-        assert transport.options["visibility_timeout"] == 60.0
+        assert transport.options["visibility_timeout"] == 45.0
         assert "secret" not in repr(transport.info())
         transport.close()
     finally:
