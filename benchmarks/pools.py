@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/pools.py [--broker memory://] [--scale 1.0] [--only noop,cpu,io,sleepers]
+    python benchmarks/pools.py [--broker memory://] [--scale 1.0] [--only noop,cpu,io,sleepers] [--repeat 1]
 
 Every run goes through a real worker (``celeriac.testing.start_worker``) on ``--broker``
 (default: the in-memory transport and result store; give a ``redis://`` URL to include a real
@@ -16,6 +16,10 @@ for every result. Workloads:
 * ``io`` -- tasks that sleep 50 ms (``time.sleep``; ``asyncio.sleep`` for asyncio), with the
   concurrency each pool is meant for: threads/asyncio should win;
 * ``sleepers`` -- 10,000 ``async def`` tasks each awaiting 1 s, all in flight in one asyncio worker.
+
+With ``--repeat N`` the whole plan runs N times (interleaved, so a burst of load on a shared
+machine hits every pool alike); each row is the run with the median time and lists every
+run's ``per_task_us`` under ``runs_us``.
 
 Prints one JSON object per measurement, then one ``summary`` object with the ratios
 (``processes_minus_threads_noop_us``, ``cpu_speedup_processes_over_threads``, ...).
@@ -108,6 +112,7 @@ def main() -> int:
     parser.add_argument("--broker", default="memory://", help="broker and result store URL (memory:// or redis://)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the task counts")
     parser.add_argument("--only", default="noop,cpu,io,sleepers", help="comma-separated workloads")
+    parser.add_argument("--repeat", type=int, default=1, help="run every measurement N times; report the median")
     options = parser.parse_args()
     only = set(options.only.split(","))
 
@@ -152,8 +157,17 @@ def main() -> int:
         ]
     if "sleepers" in only:
         plan.append(("sleepers", "asyncio", scaled(10_000), "bench.aio", (1.0,), scaled(10_000)))
-    for workload, pool, concurrency, task_name, args, count in plan:
-        row = measure(options.broker, pool, concurrency, task_name, args, count, workload)
+    if options.repeat < 1:
+        parser.error(f"--repeat must be at least 1, got {options.repeat}")
+    runs: list[list[dict[str, Any]]] = [[] for _ in plan]
+    for _ in range(options.repeat):
+        for index, (workload, pool, concurrency, task_name, args, count) in enumerate(plan):
+            runs[index].append(measure(options.broker, pool, concurrency, task_name, args, count, workload))
+    for measured in runs:
+        ordered = sorted(measured, key=lambda row: row["seconds"])
+        row = dict(ordered[len(ordered) // 2])
+        if options.repeat > 1:
+            row["runs_us"] = [one["per_task_us"] for one in measured]
         rows.append(row)
         print(json.dumps(row), flush=True)
 

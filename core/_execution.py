@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import os
 import threading
@@ -33,6 +34,7 @@ __all__ = [
     "init_pool_process",
     "is_async_task",
     "run_eagerly",
+    "shutdown_pool_process",
 ]
 
 #: Outcome states that are not stored.
@@ -54,6 +56,23 @@ class Outcome:
     exception: BaseException | None = None
     #: The state is already stored (``task.retry()`` stores RETRY before publishing the retry).
     stored: bool = False
+
+    def __reduce__(self) -> tuple[type[Outcome], tuple[Any, ...]]:
+        # positional fields: half the pickle of a slots dataclass's state, no __setstate__ call
+        # (every task run by the processes pool comes back through this)
+        return (
+            Outcome,
+            (
+                self.task_id,
+                self.state,
+                self.value,
+                self.traceback,
+                self.runtime,
+                self.requeue,
+                self.exception,
+                self.stored,
+            ),
+        )
 
 
 def execute(task: Task[..., Any], request: Request) -> Outcome:
@@ -101,16 +120,27 @@ async def execute_async(task: Task[..., Any], request: Request) -> Outcome:
         current_request.reset(token)
 
 
-def init_pool_process(app: Celeriac, worker: Worker, parent_pid: int) -> None:
+def init_pool_process(app: Celeriac, worker: Worker, parent_pid: int) -> Any:
     """The ``process_init`` the worker gives its pool: fires ``worker_process_init``. In a
     forked child (``processes`` pool) the app first drops the broker and result-store clients
     it inherited, and their locks, which another thread of the parent may have held at ``fork``:
-    the child opens its own on first use and never touches the parent's sockets."""
+    the child opens its own on first use and never touches the parent's sockets.
+
+    Returns what the pool calls, once, when that process is about to exit (a pool child) or
+    the pool stops (an in-process pool): a ``Callable[[int], None]`` firing
+    ``worker_process_shutdown`` with the exit code. (Typed ``Any``: ``Pool.start`` takes a
+    ``process_init`` returning ``None``; pools that know call what it returns.)"""
     if os.getpid() != parent_pid:
         app._lock = threading.RLock()
         app._transport = None
         app._result_store = None
     app.plugins.worker_process_init(app, worker)
+    return functools.partial(shutdown_pool_process, app, worker)
+
+
+def shutdown_pool_process(app: Celeriac, worker: Worker, exitcode: int = 0) -> None:
+    """Fire ``worker_process_shutdown`` in this process (see :func:`init_pool_process`)."""
+    app.plugins.worker_process_shutdown(app, worker, os.getpid(), exitcode)
 
 
 def is_async_task(task: Task[..., Any]) -> bool:

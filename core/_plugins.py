@@ -53,6 +53,7 @@ SIGNALS: tuple[str, ...] = (
     "task_unknown",
     "worker_init",
     "worker_process_init",
+    "worker_process_shutdown",
     "worker_ready",
     "worker_shutting_down",
     "worker_shutdown",
@@ -324,6 +325,9 @@ class PluginHost:
 
     def worker_process_init(self, app: Celeriac, worker: Worker) -> None:
         self.send_signal("worker_process_init", app=app, worker=worker)
+
+    def worker_process_shutdown(self, app: Celeriac, worker: Worker, pid: int, exitcode: int) -> None:
+        self.send_signal("worker_process_shutdown", app=app, worker=worker, pid=pid, exitcode=exitcode)
 
     def worker_ready(self, app: Celeriac, worker: Worker) -> None:
         self.send_signal("worker_ready", app=app, worker=worker)

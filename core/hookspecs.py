@@ -401,6 +401,19 @@ def worker_process_init(app: Celeriac, worker: Worker) -> None:
 
 
 @hookspec
+def worker_process_shutdown(app: Celeriac, worker: Worker, pid: int, exitcode: int) -> None:
+    """A process that ran tasks is about to exit: a pool child that is recycled
+    (``max_tasks_per_child``, ``max_memory_per_child``), retired (the pool shrank) or stopped;
+    the worker process itself, once, when an in-process pool stops. Called in that process
+    after its last task; flush buffers here. Not called for a child that is killed (``SIGKILL``,
+    a hard time limit, the OOM killer).
+
+    :param pid: the exiting process's id.
+    :param exitcode: the exit code the process will use.
+    """
+
+
+@hookspec
 def worker_ready(app: Celeriac, worker: Worker) -> None:
     """A worker is consuming. Called in the worker process."""
 

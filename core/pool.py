@@ -59,9 +59,12 @@ class Pool(ABC):
         self.options: dict[str, Any] = dict(options or {})
 
     @abstractmethod
-    def start(self, runner: Callable[[Any], Any], process_init: Callable[[], None]) -> None:
+    def start(self, runner: Callable[[Any], Any], process_init: Callable[[], Any]) -> None:
         """Start executing. ``process_init`` is called once in every process that will run
-        items (once, in this process, for in-process pools) before its first item."""
+        items (once, in this process, for in-process pools) before its first item. It may
+        return a callable: call that once when the process stops running items (a child
+        that is recycled, retired or stopped; an in-process pool at :meth:`stop`) -- it fires
+        ``worker_process_shutdown``. A process that is killed cannot call it."""
 
     @abstractmethod
     def submit(

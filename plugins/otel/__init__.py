@@ -35,6 +35,11 @@ consumer, ``celeriac.task.state`` and ``celeriac.worker.hostname``.
 
 Group members sent outside any span are separate traces; send the group inside a span (as a
 web request handler does) to tie them together.
+
+Spans a ``processes`` pool child ends are exported by that child's provider; the plugin
+flushes it at ``worker_process_shutdown``, right before the child exits (recycled by
+``max_tasks_per_child`` / ``max_memory_per_child``, retired, or stopped), so a batching span
+processor loses nothing. A child that is killed (``SIGKILL``, hard time limit) cannot flush.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ __all__ = [
     "task_prerun",
     "task_received",
     "task_retry",
+    "worker_process_shutdown",
     "worker_shutdown",
 ]
 
@@ -156,6 +162,15 @@ def task_postrun(app: celeriac.Celeriac, task_id: str, state: str) -> None:
     tracing = _active(app)
     if tracing is not None:
         tracing.end_consumer_span(task_id, state)
+
+
+@celeriac.hookimpl
+def worker_process_shutdown(app: celeriac.Celeriac) -> None:
+    """Flush the spans a pool child (or the worker, for in-process pools) still buffers: the
+    child exits without running ``atexit`` handlers, where the SDK would flush."""
+    tracing = _active(app)
+    if tracing is not None:
+        tracing.flush()
 
 
 @celeriac.hookimpl

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Generator, Mapping
 from typing import Any, ClassVar
 
 from celeriac import Pool, SoftTimeLimitExceeded, Terminated, TimeLimitExceeded, TimeLimits, WorkerLostError
+from celeriac.plugins.pools._lifecycle import ProcessLifecycle
 
 from ._threads import call_with_limits, new_watchdog
 
@@ -137,6 +138,7 @@ class AsyncioPool(Pool):
         self._watchdog = new_watchdog()
         self._stopped = False
         self._finished = True
+        self._lifecycle: ProcessLifecycle | None = None
 
     def start(self, runner: Callable[[Any], Any], process_init: Callable[[], None]) -> None:
         """Call ``process_init`` here, then start the loop thread."""
@@ -144,7 +146,7 @@ class AsyncioPool(Pool):
             if self._runner is not None:
                 raise RuntimeError("the asyncio pool is already started")
             self._runner = runner
-        process_init()
+        self._lifecycle = ProcessLifecycle(process_init)
         self._loop = self._new_loop()
         self._executor = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="celeriac-asyncio")
         running = threading.Event()
@@ -234,6 +236,8 @@ class AsyncioPool(Pool):
         if not thread.is_alive():
             loop.close()
         self._watchdog.stop()
+        if self._lifecycle is not None:
+            self._lifecycle.shutdown()  # worker_process_shutdown, once, in this process
         return finished
 
     def info(self) -> dict[str, Any]:

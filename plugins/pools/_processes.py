@@ -6,8 +6,11 @@ each idle child one item at a time over its pipe, reads the replies, enforces ha
 and replaces children that exit. Callbacks run in that thread.
 
 * **process_init** (the worker's ``worker_process_init`` signal) runs once in every child,
-  before it takes an item. The runner is inherited through ``fork``; items and replies are
-  pickled over the child's own pipe (never the broker's wire format).
+  before it takes an item; what it returns (the worker's ``worker_process_shutdown`` signal)
+  runs in the child right before it exits after being told to (recycled, retired, stopped),
+  never when it is killed. The runner is inherited through ``fork``; items and replies are
+  pickled over the child's own two pipes (never the broker's wire format), one length-prefixed
+  frame each way per item: one ``write`` and usually one ``read`` on each side.
 * **Soft time limit**: the child arms an interval timer (``SIGALRM``) while the item runs;
   :class:`~celeriac.SoftTimeLimitExceeded` is raised inside the task, which may catch it.
   ``SIGUSR1`` sent to a child does the same (``revoke(terminate=True, signal="SIGUSR1")``).
@@ -37,16 +40,17 @@ import pickle
 import resource
 import selectors
 import signal
+import struct
 import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, ClassVar
 
 from celeriac import Pool, SoftTimeLimitExceeded, Terminated, TimeLimitExceeded, TimeLimits, WorkerLostError
+from celeriac.plugins.pools._lifecycle import ProcessLifecycle
 
 __all__ = ["ProcessPool"]
 
@@ -55,6 +59,60 @@ logger = logging.getLogger("celeriac.pool")
 _OPTIONS = {"max_tasks_per_child", "max_memory_per_child", "term_grace", "start_timeout"}
 _READY, _DONE, _ERROR = "ready", "done", "error"
 _RESPAWN_BACKOFF = 1.0  # seconds between attempts after a child failed to start
+_HEADER = struct.Struct("<Q")  # each frame on a pipe: its length, then a pickle
+_READ_SIZE = 1 << 16
+
+
+class _Frames:
+    """Split what is read from a pipe into frames (``_HEADER`` + payload)."""
+
+    __slots__ = ("buffer",)
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def feed(self, chunk: bytes) -> list[bytes | memoryview]:
+        """The frames completed by ``chunk`` (payloads only), oldest first."""
+        buffer = self.buffer
+        frames: list[bytes | memoryview] = []
+        if not buffer:  # the usual case: one read, one whole frame, no copy
+            end = _split(chunk, memoryview(chunk), frames)
+            if end < len(chunk):
+                buffer += chunk[end:]
+            return frames
+        buffer += chunk
+        header = _HEADER.size
+        if len(buffer) < header or len(buffer) < header + int(_HEADER.unpack_from(buffer)[0]):
+            return frames  # a large frame still arriving: copy nothing yet
+        data = bytes(buffer)
+        del buffer[: _split(data, memoryview(data), frames)]
+        return frames
+
+
+def _split(data: bytes | bytearray, view: memoryview, frames: list[bytes | memoryview]) -> int:
+    """Append the whole frames at the start of ``data`` to ``frames``; return where they end."""
+    pos, size, header = 0, len(data), _HEADER.size
+    while size - pos >= header:
+        end = pos + header + int(_HEADER.unpack_from(data, pos)[0])
+        if end > size:
+            break
+        frames.append(view[pos + header : end])
+        pos = end
+    return pos
+
+
+def _write_frame(fd: int, payload: bytes) -> None:
+    """Write one frame to a blocking pipe (one system call unless a signal interrupts it)."""
+    header = _HEADER.pack(len(payload))
+    total = len(header) + len(payload)
+    written = os.writev(fd, (header, payload))
+    if written < total:
+        rest = memoryview(header + payload)[written:]
+        while rest:
+            rest = rest[os.write(fd, rest) :]
+
+
+_STOP = pickle.dumps(None, pickle.HIGHEST_PROTOCOL)
 
 
 @dataclass(slots=True)
@@ -73,9 +131,12 @@ class _Child:
     """One child process as the supervisor sees it."""
 
     process: BaseProcess
-    conn: Connection
+    send_fd: int  # items go to the child here (blocking)
+    reply_fd: int  # replies come back here (non-blocking)
     number: int
     pid: int
+    frames: _Frames = field(default_factory=_Frames)
+    reply_open: bool = True  # False after EOF: the child closed its end (it is exiting)
     started_at: float = field(default_factory=time.time)
     ready: bool = False
     work: _Work | None = None
@@ -171,6 +232,11 @@ class ProcessPool(Pool):
                 )
             self._outstanding += 1
             self._pending.append(_Work(item, on_done, on_error, time_limits))
+            if threading.current_thread() is self._supervisor:
+                # from an item's callback (the worker hands over its next item as a slot
+                # frees): send it to the idle child now, before the other callbacks run
+                self._assign(self._callbacks)
+                return
         self._wake()
 
     def grow(self, n: int = 1) -> None:
@@ -312,9 +378,12 @@ class ProcessPool(Pool):
             if what == "sentinel":
                 exited.add(child.number)
         for number, child in readable.items():
-            self._read_replies(child, callbacks)  # first: a child may reply, then exit
             if number in exited:
+                self._read_replies(child, callbacks, drain=True)  # a child may reply, then exit
                 self._reap(child, callbacks)
+            else:
+                self._read_replies(child, callbacks)
+        self._run_callbacks(callbacks)  # first: they hand the freed children their next items
         self._enforce_hard_limits(callbacks)
         self._run_callbacks(callbacks)
         return True
@@ -357,17 +426,25 @@ class ProcessPool(Pool):
         if not child.stop_sent:
             child.stop_sent = True
             with contextlib.suppress(OSError):
-                child.conn.send_bytes(pickle.dumps(None))
+                _write_frame(child.send_fd, _STOP)
 
     def _spawn(self) -> None:
         assert self._runner is not None
         number = next(self._numbers)
-        parent_end, child_end = self._context.Pipe(duplex=True)
-        inherited = [self._wake_read, self._wake_write, parent_end.fileno()]
-        inherited += [child.conn.fileno() for child in self._children.values()]
+        item_read, item_write = os.pipe()
+        try:
+            reply_read, reply_write = os.pipe()
+        except OSError:
+            os.close(item_read)
+            os.close(item_write)
+            raise
+        os.set_blocking(reply_read, False)
+        inherited = [self._wake_read, self._wake_write, self._selector.fileno(), item_write, reply_read]
+        for other in self._children.values():
+            inherited += [other.send_fd, other.reply_fd]
         process = self._context.Process(
             target=_child_main,
-            args=(child_end, self._runner, self._process_init, inherited, bool(self.max_memory_per_child)),
+            args=(item_read, reply_write, self._runner, self._process_init, inherited, bool(self.max_memory_per_child)),
             name=f"celeriac-pool-process-{number}",
             daemon=True,
         )
@@ -376,13 +453,15 @@ class ProcessPool(Pool):
                 warnings.simplefilter("ignore", DeprecationWarning)
                 process.start()
         except BaseException:
-            parent_end.close()
+            os.close(item_write)
+            os.close(reply_read)
             raise
         finally:
-            child_end.close()
-        child = _Child(process, parent_end, number, process.pid or 0)
+            os.close(item_read)
+            os.close(reply_write)
+        child = _Child(process, item_write, reply_read, number, process.pid or 0)
         self._children[number] = child
-        self._selector.register(parent_end, selectors.EVENT_READ, (child, "conn"))
+        self._selector.register(reply_read, selectors.EVENT_READ, (child, "reply"))
         self._selector.register(process.sentinel, selectors.EVENT_READ, (child, "sentinel"))
 
     def _assign(self, callbacks: list[tuple[Callable[[Any], None], Any, str]]) -> None:
@@ -402,7 +481,7 @@ class ProcessPool(Pool):
                 idle.append(child)
                 continue
             try:
-                child.conn.send_bytes(payload)
+                _write_frame(child.send_fd, payload)
             except OSError:  # the child just died: its sentinel is about to fire
                 self._pending.appendleft(work)
                 child.retiring = True
@@ -411,36 +490,55 @@ class ProcessPool(Pool):
             if limits is not None and limits.hard is not None:
                 work.hard_deadline = time.monotonic() + limits.hard
 
-    def _read_replies(self, child: _Child, callbacks: list[tuple[Callable[[Any], None], Any, str]]) -> None:
-        while True:
+    def _read_replies(
+        self, child: _Child, callbacks: list[tuple[Callable[[Any], None], Any, str]], *, drain: bool = False
+    ) -> None:
+        """Handle the replies ``child`` sent: one ``read`` (the pipe is readable) unless a
+        large reply is arriving, or everything left when ``drain`` (the child exited)."""
+        while child.reply_open:
             try:
-                if not child.conn.poll():
-                    return
-                kind, value, memory = pickle.loads(child.conn.recv_bytes())
-            except (EOFError, OSError):
+                chunk = os.read(child.reply_fd, _READ_SIZE)
+            except BlockingIOError:
                 return
-            except Exception as exc:  # a reply that does not unpickle
-                kind, value, memory = _ERROR, RuntimeError(f"cannot read a reply from pool child {child.pid}: {exc}"), 0
-            with self._lock:
-                if kind == _READY:
-                    child.ready = True
-                    self._changed.notify_all()
-                    continue
-                work, child.work = child.work, None
-                if work is None:
-                    continue
-                child.kill_reason = child.kill_at = None
-                child.processed += 1
-                self._total_processed += 1
-                child.memory = memory
-                self._outstanding -= 1
+            except OSError:
+                chunk = b""
+            if not chunk:  # EOF: the child is exiting; its sentinel reaps it
+                child.reply_open = False
+                with contextlib.suppress(KeyError, ValueError):
+                    self._selector.unregister(child.reply_fd)
+                return
+            for frame in child.frames.feed(chunk):
+                self._handle_reply(child, frame, callbacks)
+            if not drain and not child.frames.buffer:  # else: a large reply, read on until EAGAIN
+                return
+
+    def _handle_reply(
+        self, child: _Child, frame: bytes | memoryview, callbacks: list[tuple[Callable[[Any], None], Any, str]]
+    ) -> None:
+        try:
+            kind, value, memory = pickle.loads(frame)
+        except Exception as exc:  # a reply that does not unpickle
+            kind, value, memory = _ERROR, RuntimeError(f"cannot read a reply from pool child {child.pid}: {exc}"), 0
+        with self._lock:
+            if kind == _READY:
+                child.ready = True
                 self._changed.notify_all()
-                if child.retiring or self._should_recycle(child):
-                    self._retire(child)
-            if kind == _DONE:
-                callbacks.append((work.on_done, value, "on_done"))
-            else:
-                callbacks.append((work.on_error, value, "on_error"))
+                return
+            work, child.work = child.work, None
+            if work is None:
+                return
+            child.kill_reason = child.kill_at = None
+            child.processed += 1
+            self._total_processed += 1
+            child.memory = memory
+            self._outstanding -= 1
+            self._changed.notify_all()
+            if child.retiring or self._should_recycle(child):
+                self._retire(child)
+        if kind == _DONE:
+            callbacks.append((work.on_done, value, "on_done"))
+        else:
+            callbacks.append((work.on_error, value, "on_error"))
 
     def _should_recycle(self, child: _Child) -> bool:
         if self.max_tasks_per_child and child.processed >= self.max_tasks_per_child:
@@ -473,10 +571,12 @@ class ProcessPool(Pool):
                     if self._starting:
                         self._start_error = message + "; see the log above"
                 self._changed.notify_all()
-        for fileobj in (child.conn, child.process.sentinel):
+        for fileobj in (child.reply_fd, child.process.sentinel):
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(fileobj)
-        child.conn.close()
+        for fd in (child.send_fd, child.reply_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
         with contextlib.suppress(ValueError):
             child.process.close()
         if work is None:
@@ -524,6 +624,10 @@ class ProcessPool(Pool):
             if child.work is not None and child.kill_reason is None:
                 child.kill_reason = WorkerLostError(f"the pool stopped (timeout) while pool child {child.pid} ran it")
                 self._killed_at_stop = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGKILL)
+            elif child.work is None and child.stop_sent:  # still exiting: its shutdown handlers hang
+                logger.warning("pool child %d did not exit in time after its last task: killing it", child.pid)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, signal.SIGKILL)
         self._drain_deadline = None
@@ -584,29 +688,39 @@ def _on_soft_limit(signum: int, frame: object) -> None:
 
 
 def _child_main(
-    conn: Connection,
+    item_fd: int,
+    reply_fd: int,
     runner: Callable[[Any], Any],
     process_init: Callable[[], None],
     inherited: list[int],
     measure_memory: bool,
 ) -> None:
-    """The body of a child: init, then run items from ``conn`` until told to stop (or EOF)."""
-    for fd in inherited:  # the other children's pipes and the wake pipe are not ours
-        if fd != conn.fileno():
-            with contextlib.suppress(OSError):
-                os.close(fd)
+    """The body of a child: init, then run items from ``item_fd`` until told to stop (or EOF),
+    then fire the process shutdown."""
+    for fd in inherited:  # the other children's pipes, the wake pipe and the selector are not ours
+        with contextlib.suppress(OSError):
+            os.close(fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the worker, which stops us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGALRM, _on_soft_limit)
     signal.signal(signal.SIGUSR1, _on_soft_limit)
-    process_init()
-    conn.send_bytes(pickle.dumps((_READY, os.getpid(), 0)))
+    lifecycle = ProcessLifecycle(process_init)
+    _write_frame(reply_fd, pickle.dumps((_READY, os.getpid(), 0), pickle.HIGHEST_PROTOCOL))
+    frames = _Frames()
+    waiting: collections.deque[bytes | memoryview] = collections.deque()
     while True:
-        try:
-            message = pickle.loads(conn.recv_bytes())
-        except (EOFError, OSError):  # the worker is gone
-            return
+        while not waiting:
+            try:
+                chunk = os.read(item_fd, _READ_SIZE)
+            except OSError:
+                chunk = b""
+            if not chunk:  # the worker is gone
+                lifecycle.shutdown(0)
+                return
+            waiting.extend(frames.feed(chunk))
+        message = pickle.loads(waiting.popleft())
         if message is None:
+            lifecycle.shutdown(0)
             return
         item, soft = message
         try:
@@ -617,27 +731,38 @@ def _child_main(
                 reply: tuple[str, Any] = (_DONE, runner(item))
             finally:
                 _ChildState.running = False
-                signal.setitimer(signal.ITIMER_REAL, 0)
+                if soft:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
         except BaseException as exc:
             reply = (_ERROR, exc)
         memory = (_resident_kib(os.getpid()) or _max_resident_kib()) if measure_memory else 0
-        conn.send_bytes(_pack(reply, memory))
+        _write_frame(reply_fd, _pack(reply, memory))
 
 
 def _pack(reply: tuple[str, Any], memory: int) -> bytes:
-    """Pickle a reply; what does not pickle (or would not unpickle) is replaced, not lost."""
+    """Pickle a reply; what does not pickle (or would not unpickle) is replaced, not lost.
+    A reply is pickled once; one with an exception in it is also unpickled here, as an
+    exception can pickle and still fail to unpickle."""
     kind, value = reply
     exception = getattr(value, "exception", None) if kind == _DONE else value
+    try:
+        payload = pickle.dumps((kind, value, memory), pickle.HIGHEST_PROTOCOL)
+        if isinstance(exception, BaseException):
+            pickle.loads(payload)
+        return payload
+    except Exception as exc:
+        problem: Exception = exc
     if isinstance(exception, BaseException) and not _round_trips(exception):
         if kind == _DONE:
             value.exception = None  # the outcome carries the error as data already
         else:
             value = RuntimeError(f"{type(exception).__name__}: {exception} (the original does not pickle)")
-    try:
-        return pickle.dumps((kind, value, memory), pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        problem = RuntimeError(f"the pool child cannot send the item's result back: {exc}")
-        return pickle.dumps((_ERROR, problem, memory), pickle.HIGHEST_PROTOCOL)
+        try:
+            return pickle.dumps((kind, value, memory), pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            problem = exc
+    error = RuntimeError(f"the pool child cannot send the item's result back: {problem}")
+    return pickle.dumps((_ERROR, error, memory), pickle.HIGHEST_PROTOCOL)
 
 
 def _round_trips(exc: BaseException) -> bool:

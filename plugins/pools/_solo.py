@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from celeriac import Pool, TimeLimits
+from celeriac.plugins.pools._lifecycle import ProcessLifecycle
 
 __all__ = ["SoloPool"]
 
@@ -31,6 +32,7 @@ class SoloPool(Pool):
         super().__init__(concurrency, options)
         self.concurrency = 1
         self._runner: Callable[[Any], Any] | None = None
+        self._lifecycle: ProcessLifecycle | None = None
         self._stopped = False
         self._running_in: int | None = None  # ident of the thread running an item, if any
         self._idle = threading.Condition()
@@ -39,7 +41,7 @@ class SoloPool(Pool):
         """Remember ``runner`` and call ``process_init`` once, in this thread."""
         if self._runner is not None:
             raise RuntimeError("the solo pool is already started")
-        process_init()
+        self._lifecycle = ProcessLifecycle(process_init)
         self._runner = runner
 
     def submit(
@@ -88,4 +90,7 @@ class SoloPool(Pool):
             self._stopped = True
             if self._running_in == threading.get_ident():
                 return False
-            return self._idle.wait_for(lambda: self._running_in is None, timeout)
+            finished = self._idle.wait_for(lambda: self._running_in is None, timeout)
+        if self._lifecycle is not None:
+            self._lifecycle.shutdown()  # worker_process_shutdown, once, in this process
+        return finished

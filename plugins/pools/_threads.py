@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from celeriac import Pool, SoftTimeLimitExceeded, TimeLimitExceeded, TimeLimits
+from celeriac.plugins.pools._lifecycle import ProcessLifecycle
 
 __all__ = ["ThreadPool"]
 
@@ -157,6 +158,7 @@ class ThreadPool(Pool):
         self._threads: list[threading.Thread] = []
         self._thread_numbers = itertools.count(1)
         self._runner: Callable[[Any], Any] | None = None
+        self._lifecycle: ProcessLifecycle | None = None
         self._stopped = False
         self._outstanding = 0
         self._processed = 0
@@ -168,7 +170,7 @@ class ThreadPool(Pool):
             self._check_accepting()
             if self._runner is not None:
                 raise RuntimeError("the threads pool is already started")
-        process_init()
+        self._lifecycle = ProcessLifecycle(process_init)
         with self._lock:
             self._runner = runner
             self._spawn(runner, self.concurrency)
@@ -232,6 +234,8 @@ class ThreadPool(Pool):
         finished = not any(thread.is_alive() for thread in threads)
         if finished:
             self._watchdog.stop()
+        if self._lifecycle is not None:
+            self._lifecycle.shutdown()  # worker_process_shutdown, once, in this process
         return finished
 
     def info(self) -> dict[str, Any]:

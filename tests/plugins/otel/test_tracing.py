@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 from celeriac import Celeriac, PluginError, chain, chord
-from celeriac.testing import start_worker
+from celeriac.testing import start_worker, wait_for
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -195,6 +199,52 @@ def test_processes_pool_runs_the_task_inside_the_consumer_span(make_app: Any, sp
     assert trace_id == expected
     assert traceparent.split("-")[1] == expected
     assert traceparent.split("-")[2] == format(only(spans, "send traced.context").context.span_id, "016x")
+
+
+class FileExporter(SpanExporter):
+    """Appends finished spans to a JSON-lines file: how a pool child shows the test its spans."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        with self.path.open("a") as file:
+            for span in spans:
+                trace_id = format(span.context.trace_id, "032x") if span.context else ""
+                file.write(json.dumps({"name": span.name, "trace_id": trace_id, "pid": os.getpid()}) + "\n")
+        return SpanExportResult.SUCCESS
+
+
+def test_a_recycled_child_flushes_its_spans_before_it_exits(
+    make_app: Any, spans: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    """The child batches spans (a long export delay) and is recycled right after its task: the
+    span reaches the exporter only through the flush at worker_process_shutdown."""
+    app = make_app(worker_max_tasks_per_child=1)
+    exported = tmp_path / "spans.jsonl"
+
+    @app.on("worker_process_init")
+    def batch_spans_in_the_child() -> None:
+        provider = trace.get_tracer_provider()
+        assert isinstance(provider, TracerProvider)
+        provider.add_span_processor(BatchSpanProcessor(FileExporter(exported), schedule_delay_millis=600_000))
+
+    @app.task(name="traced.pid")
+    def child_pid() -> int:
+        return os.getpid()
+
+    def exported_process_span() -> dict[str, Any] | None:
+        lines = exported.read_text().splitlines() if exported.exists() else []
+        found = [json.loads(line) for line in lines]
+        return next((span for span in found if span["name"] == "process traced.pid"), None)
+
+    with start_worker(app, pool="processes", concurrency=1):
+        with tracer.start_as_current_span("web request") as request_span:
+            result = child_pid.delay()
+        pid = result.get(timeout=20)
+        span = wait_for(exported_process_span, message="the recycled child's span was not flushed")
+    assert span["pid"] == pid != os.getpid()
+    assert span["trace_id"] == format(request_span.get_span_context().trace_id, "032x")
 
 
 def test_off_by_default(make_app: Any, spans: InMemorySpanExporter) -> None:

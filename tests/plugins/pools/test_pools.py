@@ -494,3 +494,20 @@ def test_threads_stats_count_busy_idle_and_processed(threads: ThreadPool) -> Non
     outcomes.wait_for(1)
     assert wait_until(lambda: threads.stats()["processed"] == 1)
     assert threads.stats()["busy"] == 0
+
+
+def test_an_outcome_crosses_the_pipe_with_every_field() -> None:
+    """``Outcome`` pickles positionally (the processes pool sends one back per task): a field
+    added or reordered must still round-trip."""
+    import dataclasses
+    import pickle
+
+    from celeriac._execution import Outcome
+
+    values = {
+        field.name: f"value of {field.name}" for field in dataclasses.fields(Outcome) if field.name != "exception"
+    }
+    outcome = Outcome(**values, exception=ValueError("boom"))  # type: ignore[arg-type]
+    copy = pickle.loads(pickle.dumps(outcome, pickle.HIGHEST_PROTOCOL))
+    assert {name: getattr(copy, name) for name in values} == values
+    assert isinstance(copy.exception, ValueError) and copy.exception.args == ("boom",)

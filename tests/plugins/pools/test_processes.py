@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,6 +54,10 @@ def runner(item: tuple[str, Any]) -> Any:
         except SoftTimeLimitExceeded:
             return "soft limit"
         return "slept"
+    if kind == "mark-then-sleep":  # the test waits for the mark: the task is running
+        mark, seconds = argument
+        Path(mark).touch()
+        return runner(("sleep", seconds))
     if kind == "ignore-sigterm":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         time.sleep(argument)
@@ -119,6 +124,17 @@ def test_results_errors_and_process_init_in_every_child(pool: ProcessPool) -> No
     assert str(failed[0]) == "boom"
 
 
+def test_large_items_and_replies_cross_the_pipes_whole(pool: ProcessPool) -> None:
+    """Frames larger than a pipe's buffer arrive in many reads, on both sides."""
+    big = bytes(range(256)) * 20_000  # 5 MB
+    assert run(pool, ("echo", big)).done == [big]
+    several = Outcomes()
+    for size in (70_000, 300_000):  # both children at once
+        pool.submit(("echo", b"y" * size), several.on_done, several.on_error)
+    several.wait_for(2)
+    assert sorted(map(len, several.done)) == [70_000, 300_000]
+
+
 def test_what_does_not_pickle_fails_the_item_not_the_pool(pool: ProcessPool) -> None:
     assert "does not pickle" in str(run(pool, ("raise-unpicklable", "x")).errors[0])
     assert "cannot send the item's result back" in str(run(pool, ("return-unpicklable", None)).errors[0])
@@ -167,16 +183,19 @@ def test_soft_limit_raises_inside_the_task(pool: ProcessPool) -> None:
     assert run(pool, ("echo", "next item is not hit by a stale limit"), TimeLimits(soft=5)).done
 
 
-def test_terminate(pool: ProcessPool) -> None:
-    item = ("sleep", 30)
+def test_terminate(pool: ProcessPool, tmp_path: Path) -> None:
+    # SIGUSR1 only interrupts a running task: wait until the task itself says it runs
+    mark = tmp_path / "running"
+    item = ("mark-then-sleep", (str(mark), 30))
     outcomes = Outcomes()
     pool.submit(item, outcomes.on_done, outcomes.on_error)
-    wait_for(lambda: pool.stats()["busy"] == 1)
+    wait_for(mark.exists, message="the task did not start")
     assert pool.terminate(item, signal.SIGUSR1)  # SIGUSR1: SoftTimeLimitExceeded in the task
     outcomes.wait_for(1)
     assert outcomes.done == ["soft limit"]
 
     again = Outcomes()
+    item = ("sleep", 30)
     pool.submit(item, again.on_done, again.on_error)
     wait_for(lambda: pool.stats()["busy"] == 1)
     assert pool.terminate(item, signal.SIGTERM)

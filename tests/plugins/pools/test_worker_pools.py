@@ -179,6 +179,61 @@ def test_processes_worker_process_init_fires_in_every_child(make_app: MakeApp, t
         assert all(kib > 0 for kib in stats["memory"].values())
 
 
+def test_processes_worker_process_shutdown_fires_in_recycled_and_stopped_children(
+    make_app: MakeApp, tmp_path: Path
+) -> None:
+    app = make_app(worker_max_tasks_per_child=1)
+    queue = new_queue()
+
+    app.on("worker_process_init")(lambda: (tmp_path / f"init-{os.getpid()}").touch())
+
+    @app.on("worker_process_shutdown")
+    def record(pid: int, exitcode: int) -> None:
+        write_atomically(tmp_path / f"shutdown-{pid}", f"{os.getpid()} {exitcode}")
+
+    @app.task(name="t.pid")
+    def child_pid() -> int:
+        return os.getpid()
+
+    with start_worker(app, pool="processes", concurrency=1, queues=[queue]) as worker:
+        ran = [child_pid.apply_async(queue=queue).get(timeout=30) for _ in range(3)]
+        assert len(set(ran)) == 3  # one child per task: each was recycled right after it
+        wait_for(
+            lambda: all((tmp_path / f"shutdown-{pid}").exists() for pid in ran),
+            message="worker_process_shutdown did not fire in every recycled child",
+        )
+
+        def fresh_child() -> int | None:  # the replacement of the last recycled child, initialised
+            pids = pids_of(worker) - set(ran)
+            return next((pid for pid in pids if (tmp_path / f"init-{pid}").exists()), None)
+
+        victim: int = wait_for(fresh_child, message="the last recycled child was not replaced")
+        os.kill(victim, signal.SIGKILL)  # killed: no chance to fire
+        last = replaced(worker, victim, 1)
+    fired = {int(path.name.removeprefix("shutdown-")): path.read_text() for path in tmp_path.glob("shutdown-*")}
+    for pid in [*ran, *last]:  # recycled, then stopped with the worker
+        assert fired[pid] == f"{pid} 0"
+    assert victim not in fired
+    assert os.getpid() not in fired
+
+
+@pytest.mark.parametrize("pool", ["threads", "solo", "asyncio"])
+def test_in_process_pools_fire_worker_process_shutdown_once_at_stop(make_app: MakeApp, pool: str) -> None:
+    app = make_app()
+    queue = new_queue()
+    fired: list[tuple[int, int, str]] = []
+    app.on("worker_process_shutdown")(lambda worker, pid, exitcode: fired.append((pid, exitcode, worker.pool_name)))
+
+    @app.task(name="t.noop")
+    def noop() -> int:
+        return 1
+
+    with start_worker(app, pool=pool, concurrency=1, queues=[queue]):
+        assert noop.apply_async(queue=queue).get(timeout=30) == 1
+        assert fired == []
+    assert fired == [(os.getpid(), 0, pool)]
+
+
 def test_processes_fork_under_load_keeps_children_healthy(make_app: MakeApp) -> None:
     """Children forked while other worker threads (and a busy logging thread) run must not
     inherit a held lock: every child logs, runs its task and exits (one task per child)."""

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import celeriac
+import celeriac.config
 import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -65,7 +66,14 @@ class Project:
 
     def client(self) -> celeriac.Celeriac:
         """An app in this process on the same file (absolute path), as a client would build it."""
-        return celeriac.Celeriac("client", broker_url=self.url, result_store=self.url, environ={}, set_as_current=False)
+        return celeriac.Celeriac(
+            "client",
+            broker_url=self.url,
+            result_store=self.url,
+            environ={},
+            set_as_current=False,
+            config_source=celeriac.config.ConfigSource(),  # the workers read celeriac.toml; this client does not
+        )
 
     def start_worker(self, name: str) -> subprocess.Popen[bytes]:
         """A ``celeriac worker`` process, once it consumes; its output goes to ``<name>.err``."""
