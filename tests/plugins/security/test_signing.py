@@ -230,7 +230,7 @@ def test_settings_are_declared_in_the_security_section_with_secrets_marked() -> 
 
 
 def test_signing_is_one_config_block(tmp_path: Path) -> None:
-    path = tmp_path / "celeriac.toml"
+    path = tmp_path / "signing.toml"  # not ./celeriac.toml: the unsigned app below must not read it
     path.write_text(f'[celeriac]\nserializer = "msgpack"\n\n[celeriac.security]\nsign_key = "{KEY}"\n')
     app = Celeriac.from_config(path, environ={}, set_as_current=False)
     envelope = signed_envelope(app)
