@@ -32,6 +32,7 @@ import signal
 import socket
 import threading
 import time
+import traceback as traceback_module
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -193,11 +194,11 @@ class Worker:
             self.transport.declare_queue(name)
         autoscale = app.conf.worker_autoscale  # with autoscale the pool starts at its min
         size = max(1, min(autoscale)) if autoscale else self.concurrency
-        self.pool = app.plugins.pool(self.pool_name, size, self.pool_options, app)
+        self.pool = self._create_pool(size)
         default = type(self.pool).default_concurrency
         if not self._concurrency_given and not autoscale and default and default != size:
             self.concurrency = default  # the pool's own default (asyncio: items in flight)
-            self.pool = app.plugins.pool(self.pool_name, default, self.pool_options, app)
+            self.pool = self._create_pool(default)
         from .._execution import init_pool_process
 
         self.pool.start(self._run, functools.partial(init_pool_process, app, self, os.getpid()))
@@ -228,6 +229,15 @@ class Worker:
         )
         app._workers.add(self)
         app.plugins.worker_ready(app, self)
+
+    def _create_pool(self, size: int) -> Pool:
+        """The pool plugin's pool; its complaint about an option is a config error naming the key."""
+        conf = self.app.conf
+        try:
+            return self.app.plugins.pool(self.pool_name, size, self.pool_options, self.app)
+        except ValueError as exc:
+            where = conf.origin("worker_pool_options")
+            raise ConfigError(f"{where}: [celeriac.worker] pool_options: {exc}") from None
 
     def _spawn(self, target: Any, role: str) -> None:
         thread = threading.Thread(target=target, name=f"celeriac-{role}", daemon=True)
@@ -409,8 +419,11 @@ class Worker:
             self.stats.rejected += 1
             logger.error("dead-lettered %s[%s] from %s: %s", message.task, message.id, delivery.queue, reason)
             transport.dead_letter(delivery, reason)
+            lost = WorkerLostError(f"{message.task}[{message.id}] {reason}")
+            poisoned = Request.from_message(message, queue=delivery.queue, hostname=self.hostname)
+            self._safely(app.store_result, message.id, states.FAILURE, exception_to_data(lost), request=poisoned)
             self._safely(_workflow.after_dead_letter, app, envelope.headers, reason)
-            app.plugins.task_rejected(app, envelope, WorkerLostError(reason))
+            app.plugins.task_rejected(app, envelope, lost)
             self._task_event("task-rejected", message.id, requeue=False)
             return
         rate_slot = message.extra_headers.pop(RATE_SLOT_HEADER, None)
@@ -653,8 +666,10 @@ class Worker:
         acks: list[_Job] = []
         for job, outcome in batch:
             if isinstance(outcome, BaseException):
-                self._settle_lost(job, outcome)
-                continue
+                failed = self._settle_lost(job, outcome)
+                if failed is None:
+                    continue
+                outcome = failed  # a failure like any other: stored, counted, evented, carried on
             task, request = job.task, job.request
             self.stats.total[task.name] += 1
             self._log_outcome(job, outcome)
@@ -748,22 +763,30 @@ class Worker:
     def _ignores_result(self, task: Task[..., Any], request: Request) -> bool:
         return _workflow.ignores_result(self.app, task, request)
 
-    def _settle_lost(self, job: _Job, exc: BaseException) -> None:
+    def _settle_lost(self, job: _Job, exc: BaseException) -> Outcome | None:
+        """The pool could not return an outcome: the task was terminated (REVOKED), its process
+        died (requeued with acks_late), or it failed there (a hard time limit killed it, its
+        result could not be sent back): then the FAILURE outcome to settle like any other, after
+        the ``task_failure`` signal and the errbacks, which the dead process could not run."""
         assert self.transport is not None
         try:
             if job.terminated is not None or isinstance(exc, Terminated):
                 self._settle_terminated(job)
-            elif isinstance(exc, WorkerLostError) and job.acks_late:
+                return None
+            if isinstance(exc, WorkerLostError) and job.acks_late:
                 logger.error("%s[%s]: %s; the message goes back to the queue", job.task.name, job.request.id, exc)
                 self.transport.reject(job.delivery, requeue=True)
-            else:
-                logger.error("%s[%s] failed in the pool: %r", job.task.name, job.request.id, exc)
-                self.app.store_result(job.request.id, states.FAILURE, exception_to_data(exc), request=job.request)
-                _workflow.after_settled(self.app, job.request, states.FAILURE, exception_to_data(exc))
-                if job.acks_late:
-                    self.transport.ack(job.delivery)
+                return None
         except Exception:
             logger.exception("could not settle %s[%s]", job.task.name, job.request.id)
+            return None
+        app, task, request = self.app, job.task, job.request
+        text = "".join(traceback_module.format_exception(exc))
+        runtime = time.monotonic() - job.started if job.started else 0.0
+        outcome = Outcome(request.id, states.FAILURE, exception_to_data(exc), text, runtime, exception=exc)
+        app.plugins.task_failure(app, task, request.id, exc, request.args, request.kwargs, text)
+        self._safely(_workflow.run_errbacks, app, task, request, exc, text)
+        return outcome
 
     def _settle_terminated(self, job: _Job) -> None:
         """A task stopped by ``revoke(terminate=True)``: REVOKED, acked, never run again."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from celeriac import Celeriac, Reject
+from celeriac import Celeriac, Reject, WorkerLostError
 from celeriac.testing import start_worker, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -39,6 +39,10 @@ def test_a_message_requeued_forever_ends_in_the_dead_letter_queue(
         dead = transport.fetch([transport.dead_letter_queue(queue)], limit=5, timeout=1)
         assert len(dead) == 1
         assert f"worker_max_deliveries={bound}" in dead[0].envelope.headers["x-death-reason"]
+        result = app.AsyncResult(dead[0].envelope.headers["id"])
+        assert result.state == "FAILURE"  # the caller learns it, instead of waiting on PENDING forever
+        with pytest.raises(WorkerLostError, match="worker_max_deliveries"):
+            result.get(timeout=5)
         assert len(rejected) == 1
         if deliveries[-1] > 1:  # the transport counts deliveries of a requeued message
             assert deliveries == list(range(1, bound + 1))
@@ -81,3 +85,19 @@ def test_config_kind_ints_and_the_autoscale_flag() -> None:
     assert _autoscale("4") == [0, 4]
     with pytest.raises(HandledError, match="expected MAX,MIN"):
         _autoscale("ten")
+
+
+def test_a_bad_pool_option_is_a_config_error_naming_the_key(tmp_path: Any) -> None:
+    from celeriac.exceptions import ConfigError
+
+    (tmp_path / "celeriac.toml").write_text(
+        '[celeriac]\nbroker_url = "memory://badopt"\nresult_store = "memory://badopt"\n'
+        "[celeriac.worker]\npool_options = { bogus = 1 }\n"
+    )
+    app = Celeriac.from_config(tmp_path / "celeriac.toml", environ={})
+    try:
+        worker = app.Worker(pool="asyncio")
+        with pytest.raises(ConfigError, match=r"celeriac.toml: \[celeriac.worker\] pool_options: .*bogus"):
+            worker.start()
+    finally:
+        app.close()
