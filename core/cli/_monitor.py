@@ -200,6 +200,9 @@ def control(
         known = [*CONTROL_COMMANDS, *plugin_commands]
         raise HandledError(f"control: unknown command {command!r}; choose from {', '.join(known)}")
     if command in CONTROL_COMMANDS:
+        if args_json is not None:
+            usage = f"celeriac control {command} {CONTROL_COMMANDS[command][0]}".rstrip()
+            raise HandledError(f"control {command}: --args is for plugin commands only; usage: {usage}")
         payload = _control_arguments(command, arguments, terminate, signal_name)
     else:
         if arguments:
@@ -275,55 +278,57 @@ def events(dump: bool, as_json: bool, timeout: float | None, limit: int | None, 
     _live_view(app, timeout, task_rows)
 
 
+def render_view(state: State, task_rows: int = 20, now: float | None = None) -> Any:
+    """One frame of the live view (a ``rich`` renderable): the workers, then the newest tasks."""
+    from rich.console import Group
+    from rich.table import Table
+
+    workers = Table(title=f"Workers ({len(state.alive_workers())} alive)", expand=True)
+    for column in ("worker", "status", "active", "processed", "load", "last heartbeat"):
+        workers.add_column(column)
+    now = time.time() if now is None else now
+    for worker in list(state.workers.values()):
+        beat = worker.last_heartbeat
+        workers.add_row(
+            worker.hostname,
+            "[green]online[/]" if worker.alive else "[red]offline[/]",
+            str(worker.active if worker.active is not None else "-"),
+            str(worker.processed if worker.processed is not None else "-"),
+            " ".join(f"{value:.2f}" for value in worker.loadavg or []) or "-",
+            f"{now - beat:.1f}s ago" if beat else "-",
+        )
+    tasks = Table(title=f"Recent tasks ({state.task_count} seen, {state.event_count} events)", expand=True)
+    for column in ("uuid", "name", "state", "worker", "args", "result / exception", "runtime"):
+        tasks.add_column(column, overflow="fold")
+    colors = {"SUCCESS": "green", "FAILURE": "red", "REVOKED": "magenta", "RETRY": "yellow", "STARTED": "cyan"}
+    for task in state.tasks_by_time(limit=task_rows):
+        color = colors.get(task.state, "white")
+        tasks.add_row(
+            task.uuid,
+            task.name or "?",
+            f"[{color}]{task.state}[/]",
+            task.worker or "-",
+            f"{task.args or ''} {task.kwargs or ''}".strip() or "-",
+            task.exception or task.result or "-",
+            f"{task.runtime:.3f}s" if task.runtime is not None else "-",
+        )
+    return Group(workers, tasks)
+
+
 def _live_view(app: Any, timeout: float | None, task_rows: int) -> None:
     import threading
 
-    from rich.console import Group
     from rich.live import Live
-    from rich.table import Table
 
     state: State = app.events.State()
     receiver = app.events.Receiver(handlers={"*": state.event})
     thread = threading.Thread(target=receiver.capture, kwargs={"timeout": timeout}, daemon=True)
     thread.start()
-
-    def render() -> Group:
-        workers = Table(title=f"Workers ({len(state.alive_workers())} alive)", expand=True)
-        for column in ("worker", "status", "active", "processed", "load", "last heartbeat"):
-            workers.add_column(column)
-        now = time.time()
-        for worker in list(state.workers.values()):
-            beat = worker.last_heartbeat
-            workers.add_row(
-                worker.hostname,
-                "[green]online[/]" if worker.alive else "[red]offline[/]",
-                str(worker.active if worker.active is not None else "-"),
-                str(worker.processed if worker.processed is not None else "-"),
-                " ".join(f"{value:.2f}" for value in worker.loadavg or []) or "-",
-                f"{now - beat:.1f}s ago" if beat else "-",
-            )
-        tasks = Table(title=f"Recent tasks ({state.task_count} seen, {state.event_count} events)", expand=True)
-        for column in ("uuid", "name", "state", "worker", "args", "result / exception", "runtime"):
-            tasks.add_column(column, overflow="fold")
-        colors = {"SUCCESS": "green", "FAILURE": "red", "REVOKED": "magenta", "RETRY": "yellow", "STARTED": "cyan"}
-        for task in state.tasks_by_time(limit=task_rows):
-            color = colors.get(task.state, "white")
-            tasks.add_row(
-                task.uuid,
-                task.name or "?",
-                f"[{color}]{task.state}[/]",
-                task.worker or "-",
-                f"{task.args or ''} {task.kwargs or ''}".strip() or "-",
-                task.exception or task.result or "-",
-                f"{task.runtime:.3f}s" if task.runtime is not None else "-",
-            )
-        return Group(workers, tasks)
-
     try:
-        with Live(render(), refresh_per_second=4, screen=False) as live:
+        with Live(render_view(state, task_rows), refresh_per_second=4, screen=False) as live:
             while thread.is_alive():
                 thread.join(0.25)
-                live.update(render())
+                live.update(render_view(state, task_rows))
     except KeyboardInterrupt:
         pass
     finally:

@@ -25,6 +25,7 @@ from .._envelope import Envelope
 from ..control import reply_channel
 from ..control._wire import REPLY_TYPE, REQUEST_TYPE, decode, encode
 from ._ratelimit import parse_rate
+from ._state import expire
 
 if TYPE_CHECKING:
     from ..transport import Subscription
@@ -34,6 +35,8 @@ __all__ = ["BUILTIN_COMMANDS", "Mailbox"]
 
 logger = logging.getLogger("celeriac.worker")
 _MINGLE_TIMEOUT = 1.0
+#: Seconds between two sweeps of expired revoked ids (see ``_state.REVOKE_EXPIRES``).
+_EXPIRE_INTERVAL = 60.0
 Command = Callable[..., Any]
 
 
@@ -70,6 +73,7 @@ def scheduled(worker: Worker) -> list[dict[str, Any]]:
 
 
 def revoked(worker: Worker) -> list[str]:
+    expire(worker.revoked)
     return list(worker.revoked)
 
 
@@ -126,6 +130,7 @@ def revoke(
     signum = _signal_number(signal)
     if signum is None:
         return _error(f"unknown signal {signal!r}; use a name such as SIGTERM or SIGKILL, or a number")
+    expire(worker.revoked)
     worker.revoke(*ids)
     if not terminate:
         return _ok(f"tasks {', '.join(ids)} flagged as revoked")
@@ -214,12 +219,13 @@ def rate_limit(worker: Worker, task_name: str, rate_limit: str | float | None = 
     if task is None:
         return _error(f"unknown task {task_name!r}")
     try:
-        parse_rate(rate_limit, task_name)
-    except Exception as exc:
+        rate = parse_rate(rate_limit, task_name)
+    except ValueError as exc:
         return _error(str(exc))
-    task.rate_limit = rate_limit or None
-    if not rate_limit:
+    if rate is None:  # None, 0, "0", "0/m": no limit
+        task.rate_limit = None
         return _ok(f"rate limit disabled for {task_name}")
+    task.rate_limit = rate_limit
     return _ok(f"new rate limit set successfully for {task_name}: {rate_limit}")
 
 
@@ -303,11 +309,20 @@ class Mailbox:
             self._subscription.close()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
+        # revokes arrive only through the mailbox: write the debounced state file now
+        store = self.worker._state_db
+        if store is not None:
+            store.close()
 
     def _loop(self) -> None:
         subscription = self._subscription
         assert subscription is not None
+        next_sweep = time.monotonic() + _EXPIRE_INTERVAL
         while not self._closing.is_set():
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + _EXPIRE_INTERVAL
+                if expire(self.worker.revoked):
+                    self.worker.persist_revoked()
             try:
                 envelope = subscription.get(0.5)
             except Exception as exc:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -238,3 +240,151 @@ def test_cli_events_live_view_without_rich(
     assert code == 1
     expected = "celeriac: the live events view needs the 'monitor' extra: pip install 'celeriac[monitor]'\n"
     assert err == expected
+
+
+def test_cli_control_rejects_args_for_builtin_commands(cli_app: Celeriac, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(["control", "enable_events", "--args", "{bad"], capsys)
+    assert (code, out) == (1, "")
+    assert err == (
+        "celeriac: control enable_events: --args is for plugin commands only; usage: celeriac control enable_events\n"
+    )
+    code, _, err = _run(["control", "pool_grow", "--args", '{"n": 2}'], capsys)
+    assert code == 1 and "usage: celeriac control pool_grow [N]" in err
+
+
+def test_rate_limit_zero_disables_the_limit(app: Celeriac) -> None:
+    @app.task(rate_limit="10/s")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    with start_worker(app, name="rl@test"):
+        for zero in ("0", 0, "0/m"):
+            add.rate_limit = "10/s"
+            reply = app.control.rate_limit(add.name, zero, reply=True, destination="rl@test")[0]["rl@test"]
+            assert reply == {"ok": f"rate limit disabled for {add.name}"}
+            assert add.rate_limit is None
+        reply = app.control.rate_limit(add.name, "2/m", reply=True, destination="rl@test")[0]["rl@test"]
+        assert reply == {"ok": f"new rate limit set successfully for {add.name}: 2/m"}
+        assert add.rate_limit == "2/m"
+
+
+def test_cli_rate_limit_zero_says_disabled(cli_app: Celeriac, capsys: pytest.CaptureFixture[str]) -> None:
+    @cli_app.task(name="t", rate_limit="1/s")
+    def t() -> None:
+        return None
+
+    with start_worker(cli_app, name="rl@test"):
+        code, out, _ = _run(["control", "rate_limit", "t", "0", "-d", "rl@test"], capsys)
+        assert (code, out) == (0, "-> rl@test: OK rate limit disabled for t\n")
+        assert t.rate_limit is None
+
+
+def test_events_live_view_renders_workers_and_tasks(app: Celeriac) -> None:
+    from celeriac.cli._monitor import render_view
+    from rich.console import Console
+
+    app.conf.update({"worker_send_task_events": True, "worker_heartbeat_interval": 0.1})
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    def fail() -> None:
+        raise ValueError("boom")
+
+    state = app.events.State()
+    receiver = app.events.Receiver(handlers={"*": state.event})
+    thread = threading.Thread(target=receiver.capture, daemon=True)
+    thread.start()
+    try:
+        with start_worker(app, name="live@test"):
+            good, bad = add.delay(20, 22), fail.delay()
+            assert good.get(timeout=10) == 42
+            bad.get(timeout=10, propagate=False)
+            wait_for(lambda: all(r.id in state.tasks and state.tasks[r.id].ready for r in (good, bad)), 10)
+            wait_for(lambda: (w := state.workers.get("live@test")) is not None and w.processed is not None, 10)
+            console = Console(record=True, width=250, color_system=None, file=io.StringIO())
+            console.print(render_view(state, task_rows=10))
+    finally:
+        receiver.close()
+        thread.join(5)
+    lines = console.export_text().splitlines()
+    assert any("Workers (1 alive)" in line for line in lines)
+    worker_rows = [line for line in lines if "live@test" in line and "online" in line]
+    assert len(worker_rows) == 1 and "s ago" in worker_rows[0]
+    good_rows = [line for line in lines if good.id in line]
+    assert len(good_rows) == 1
+    assert all(text in good_rows[0] for text in (add.name, "SUCCESS", "live@test", "[20, 22]", "42"))
+    bad_rows = [line for line in lines if bad.id in line]
+    assert len(bad_rows) == 1
+    assert all(text in bad_rows[0] for text in (fail.name, "FAILURE", "ValueError('boom')"))
+    assert any("Recent tasks (2 seen" in line for line in lines)
+
+
+# -- worker_state_db: debounced writes, expiry ----------------------------------------------
+
+
+def _stored(path: Path) -> dict[str, float]:
+    try:
+        return dict(json.loads(path.read_text())["revoked"])
+    except FileNotFoundError:
+        return {}
+
+
+def test_state_db_writes_are_debounced_off_the_callers_thread(tmp_path: Path) -> None:
+    from celeriac.worker._state import REVOKE_EXPIRES, RevokeStore
+
+    writers: list[str] = []
+
+    class Counting(RevokeStore):
+        def _write(self, revoked: Any) -> None:
+            writers.append(threading.current_thread().name)
+            super()._write(revoked)
+
+    path = tmp_path / "worker.state"
+    store = Counting(path)
+    revoked: dict[str, float] = {}
+    started = time.monotonic()
+    for number in range(300):
+        revoked[f"id-{number}"] = time.time()
+        store.save(revoked)
+    wait_for(lambda: len(_stored(path)) == 300, 10)
+    elapsed = time.monotonic() - started
+    assert set(writers) == {"celeriac-statedb"}  # never in the thread that revoked
+    assert 1 <= len(writers) <= elapsed / 1.0 + 2  # at most one write per second
+    # a change right after a write waits for the timer, but close() writes it at once
+    revoked["last"] = time.time()
+    store.save(revoked)
+    store.close()
+    assert "last" in _stored(path)
+    # once closed, saves are written at once; expired ids are never written
+    store.save({"expired": time.time() - REVOKE_EXPIRES - 1, "after-close": time.time()})
+    assert list(_stored(path)) == ["after-close"]
+
+
+def test_revoked_ids_expire_after_three_hours(app: Celeriac, tmp_path: Path) -> None:
+    from celeriac.worker._state import REVOKE_EXPIRES
+
+    path = tmp_path / "worker.state"
+    now = time.time()
+    path.write_text(json.dumps({"revoked": {"old": now - REVOKE_EXPIRES - 60, "fresh": now - 60}}))
+    app.conf.update({"worker_state_db": str(path)})
+    with start_worker(app, name="x@test") as worker:
+        assert list(worker.revoked) == ["fresh"]  # expired ids are dropped when the file is read
+        worker.revoked["stale"] = now - REVOKE_EXPIRES - 1
+        app.control.revoke(["new-1", "new-2"], reply=True, destination="x@test")
+        assert list(worker.revoked) == ["fresh", "new-1", "new-2"]  # ... and from memory
+        worker.revoked["stale"] = now - REVOKE_EXPIRES - 1
+        assert app.control.inspect(destination="x@test").revoked() == {"x@test": ["fresh", "new-1", "new-2"]}
+        assert "stale" not in worker.revoked
+    assert set(_stored(path)) == {"fresh", "new-1", "new-2"}  # written on stop, without "stale"
+
+
+def test_state_db_is_written_when_the_worker_stops(app: Celeriac, tmp_path: Path) -> None:
+    path = tmp_path / "worker.state"
+    app.conf.update({"worker_state_db": str(path)})
+    with start_worker(app, name="y@test"):
+        for number in range(5):  # quicker than the write interval: one write, or a few
+            app.control.revoke(f"r-{number}", reply=True, destination="y@test")
+    assert set(_stored(path)) == {f"r-{number}" for number in range(5)}

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from celeriac import Celeriac, states
+from celeriac.control import reply_channel
 from celeriac.events import State
 from celeriac.testing import wait_for
 
@@ -119,6 +120,16 @@ shutdown_timeout = 10
             self.app.close()
 
 
+def _delete_exchanges(url: str, *names: str) -> None:
+    """Delete a cluster's broadcast (fanout) exchanges, which outlive their subscribers."""
+    from kombu.connection import Connection
+
+    with Connection(url, connect_timeout=2) as connection:  # type: ignore[no-untyped-call]
+        channel = connection.default_channel
+        for name in names:
+            channel.exchange_delete(name)
+
+
 @pytest.fixture(scope="module", params=["redis", "amqp"])
 def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     from celeriac.plugins.redis import _testing as redis_testing
@@ -139,6 +150,8 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             node.write_config(url, "{}")
             queues = [node.queue, f"{node.queue}-w1", f"{node.queue}-new", f"{node.queue}-w3"]
             cleanup.callback(amqp_testing.delete_queues, url, *queues)
+            exchanges = [f"{node.tag}.control", reply_channel(f"{node.tag}.control"), f"{node.tag}.events"]
+            cleanup.callback(_delete_exchanges, url, *exchanges)
         cleanup.callback(node.stop)
         node.start_worker(node.w1, "-Q", f"{node.queue},{node.queue}-w1", "-c", "1", "--prefetch-multiplier", "2")
         node.start_worker(node.w2, "-Q", node.queue, "-c", "2")
@@ -314,8 +327,6 @@ def test_events_arrive_in_order_and_state_agrees_with_the_result_store(cluster: 
 
 
 def test_terminate_stops_a_running_task(cluster: Cluster, app: Celeriac) -> None:
-    if "processes" not in app.plugins.pool_names():
-        pytest.skip("the processes pool is not available yet")
     name = f"w3@{cluster.tag}"
     cluster.start_worker(name, "-Q", f"{cluster.queue}-w3", "-P", "processes", "-c", "1")
     cluster.wait_ready(name)
