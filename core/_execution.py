@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from . import _workflow, states
 from ._exceptions_data import exception_to_data
 from .exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TaskControl, TimeLimitExceeded
+from .pool import body_returned
 from .task import Request, current_request
 
 if TYPE_CHECKING:
@@ -86,7 +87,11 @@ def execute(task: Task[..., Any], request: Request) -> Outcome:
     try:
         _before(task, request)
         try:
-            retval = _call(task, request)
+            try:
+                retval = _call(task, request)
+            finally:
+                if not request.is_eager:  # an eager task run inside a task body is part of that body
+                    body_returned()  # the pool disarms its soft time limit
             _workflow.dispatch_success(task.app, request, retval)
         except Exception as exc:
             outcome, retval = _failed(task, request, exc)
@@ -109,7 +114,11 @@ async def execute_async(task: Task[..., Any], request: Request) -> Outcome:
     try:
         _before(task, request)
         try:
-            retval = await _call_async(task, request)
+            try:
+                retval = await _call_async(task, request)
+            finally:
+                if not request.is_eager:
+                    body_returned()
             _workflow.dispatch_success(task.app, request, retval)
         except Exception as exc:
             outcome, retval = _failed(task, request, exc)

@@ -12,10 +12,25 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 __all__ = ["InThread", "Pool", "TimeLimits"]
+
+#: What to call when the task body running in this thread (or asyncio task) returns or raises;
+#: set by the pool around an item (:meth:`Pool.on_body_return`), called by the kernel.
+_body_return: ContextVar[Callable[[], object] | None] = ContextVar("celeriac_body_return", default=None)
+
+
+def body_returned() -> None:
+    """Called by the kernel right after a task body returns or raises, before the success or
+    failure handlers and the next workflow step run: calls (once) what the pool set with
+    :meth:`Pool.on_body_return` in this thread or asyncio task, if anything."""
+    callback = _body_return.get()
+    if callback is not None:
+        _body_return.set(None)
+        callback()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +101,21 @@ class Pool(ABC):
     def size(self) -> int:
         """How many items can run at the same time right now."""
         return self.concurrency
+
+    def running_pid(self, item: Any) -> int | None:
+        """The pid of the process running ``item`` (``inspect active`` reports it as
+        ``worker_pid``); ``None`` means this process (in-process pools, or an item not running)."""
+        return None
+
+    @staticmethod
+    def on_body_return(callback: Callable[[], object] | None) -> None:
+        """Have ``callback()`` called when the task body of the item about to run in this
+        thread (or asyncio task) returns or raises, before its success/failure handlers and
+        the next step of its workflow; ``None`` clears it. A pool calls this right before the
+        runner to disarm a soft time limit, so that a limit firing late never turns a task
+        that returned into a failure with its chain half dispatched. Called at most once per
+        setting; cheap (a context variable)."""
+        _body_return.set(callback)
 
     def grow(self, n: int = 1) -> None:
         """Add ``n`` execution slots."""

@@ -10,6 +10,9 @@ exception whichever result you wait on.
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -21,6 +24,7 @@ from .exceptions import TaskRevokedError, TimeoutError
 
 if TYPE_CHECKING:
     from .app import Celeriac
+    from .resultstore import ResultRecord
 
 __all__ = ["AsyncResult", "EagerResult", "GroupResult", "attach_parent", "result_from_tuple"]
 
@@ -116,6 +120,42 @@ class AsyncResult(Generic[R]):
         :class:`~celeriac.TimeoutError` after ``timeout`` seconds.
         """
         record = self.app.result_store.wait(self.id, states=states.READY_STATES, timeout=timeout)
+        return self._settle(record, timeout, propagate, follow_parents)
+
+    wait = get
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True, follow_parents: bool = True) -> R:
+        """:meth:`get` for ``async`` code (``await result.aget(timeout=10)``): the event loop
+        keeps running while it waits, and cancelling the ``await`` stops the wait at once.
+
+        It polls the result store with a backoff (1 ms to 100 ms); each read runs in a small
+        executor of its own (``celeriac-aget`` threads), never the loop's default executor,
+        and no thread is held between reads, so any number of waits can run at once."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        store = self.app.result_store
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = _AGET_FIRST_DELAY
+        while True:
+            record = await loop.run_in_executor(_aget_executor(), store.get, self.id)
+            if record is not None and record.state in states.READY_STATES:
+                break
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                delay = min(delay, remaining)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _AGET_MAX_DELAY)
+        if record is not None and record.state in states.READY_STATES:
+            # decoding and parents' reads are quick, but may touch the store: not on the loop
+            settle = self._settle
+            return await loop.run_in_executor(_aget_executor(), settle, record, timeout, propagate, follow_parents)
+        return self._settle(record, timeout, propagate, follow_parents)
+
+    def _settle(self, record: ResultRecord | None, timeout: float | None, propagate: bool, follow_parents: bool) -> R:
+        """The value of a finished ``record`` (or the error :meth:`get` raises)."""
         if record is None or record.state not in states.READY_STATES:
             current = states.PENDING if record is None else record.state
             raise TimeoutError(f"task {self.name or ''}[{self.id}] did not finish within {timeout}s (state {current})")
@@ -127,18 +167,6 @@ class AsyncResult(Generic[R]):
                 raise earlier
             raise _as_exception(value)
         return value  # type: ignore[no-any-return]
-
-    wait = get
-
-    async def aget(self, timeout: float | None = None, propagate: bool = True, follow_parents: bool = True) -> R:
-        """:meth:`get` for ``async`` code: waits in a thread of the running loop's default
-        executor, so the event loop keeps running (``await result.aget(timeout=10)``)."""
-        import asyncio
-        import functools
-
-        loop = asyncio.get_running_loop()
-        call = functools.partial(self.get, timeout=timeout, propagate=propagate, follow_parents=follow_parents)
-        return await loop.run_in_executor(None, call)
 
     def forget(self) -> None:
         """Delete the stored result."""
@@ -169,6 +197,34 @@ class AsyncResult(Generic[R]):
     def as_tuple(self) -> tuple[Any, ...]:
         """A plain form (with parents) for :func:`result_from_tuple`: ``[[id, parent], None]``."""
         return [self.id, self.parent.as_tuple() if self.parent is not None else None], None
+
+
+_AGET_FIRST_DELAY = 0.001
+_AGET_MAX_DELAY = 0.1
+_AGET_THREADS = 4
+_aget_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_aget_lock = threading.Lock()
+
+
+def _aget_executor() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads :meth:`AsyncResult.aget` reads the store in (shared by every loop)."""
+    global _aget_pool
+    pool = _aget_pool
+    if pool is None:
+        with _aget_lock:
+            if _aget_pool is None:
+                _aget_pool = concurrent.futures.ThreadPoolExecutor(_AGET_THREADS, thread_name_prefix="celeriac-aget")
+            pool = _aget_pool
+    return pool
+
+
+def _forget_aget_executor() -> None:
+    global _aget_pool, _aget_lock
+    _aget_pool, _aget_lock = None, threading.Lock()  # a forked child has none of its threads
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_aget_executor)
 
 
 class EagerResult(AsyncResult[R]):
@@ -221,6 +277,10 @@ class EagerResult(AsyncResult[R]):
         return self._value  # type: ignore[no-any-return]
 
     wait = get
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True, follow_parents: bool = True) -> R:
+        """:meth:`get`: the result is here already."""
+        return self.get(timeout, propagate, follow_parents)
 
     def forget(self) -> None:
         """Nothing is stored for eager results."""
@@ -333,6 +393,25 @@ class GroupResult(AsyncResult[list[Any]]):
 
     join = get
     wait = get
+
+    async def aget(
+        self, timeout: float | None = None, propagate: bool = True, follow_parents: bool = True
+    ) -> list[Any]:
+        """:meth:`get` for ``async`` code: awaits each member's :meth:`AsyncResult.aget`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for result in self.results:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                values.append(await result.aget(timeout=remaining, propagate=propagate, follow_parents=follow_parents))
+            except TimeoutError:
+                raise
+            except Exception:
+                earlier = first_failure(self.parent) if follow_parents else None
+                if earlier is not None:
+                    raise earlier from None
+                raise
+        return values
 
     def forget(self) -> None:
         """Delete the members' results and the saved group."""

@@ -309,10 +309,6 @@ class Mailbox:
             self._subscription.close()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
-        # revokes arrive only through the mailbox: write the debounced state file now
-        store = self.worker._state_db
-        if store is not None:
-            store.close()
 
     def _loop(self) -> None:
         subscription = self._subscription

@@ -287,6 +287,8 @@ class Worker:
         self._stopping.set()
         if self.mailbox is not None:
             self.mailbox.stop()
+        if self._state_db is not None:
+            self._state_db.close()  # writes what the debounce has not written yet
         with self._cond:
             self._cond.notify_all()
         if self.transport is not None:
@@ -528,6 +530,7 @@ class Worker:
         now = time.time()
         for task_id in task_ids:
             self.revoked[task_id] = now
+            self.revoked.move_to_end(task_id)  # the cap drops the oldest revokes first
         while len(self.revoked) > _MAX_REVOKED:
             self.revoked.popitem(last=False)
         if persist:

@@ -21,6 +21,11 @@ with ``exc_info`` (the traceback) when there is one and any ``extra={...}`` fiel
 handlers are restored at ``worker_shutdown``. :class:`TaskContextFilter`,
 :class:`JsonFormatter` and :class:`TaskTextFormatter` are usable in your own logging config
 (``%(task_id)s`` and ``%(task_name)s`` are empty outside a task).
+
+Outside a task the filter keeps ``task_id`` / ``task_name`` a record already has (from
+``extra={"task_id": ...}``). The worker's own ``Task name[id] received`` / ``succeeded`` lines
+are written by its consumer and result threads, not while the task runs: they carry the task
+in the message text only, not as fields.
 """
 
 from __future__ import annotations
@@ -76,6 +81,8 @@ _lock = threading.Lock()
 #: workers of this process that installed the formatting, and the processes it was installed in
 _installed: dict[int, int] = {}
 _tokens: dict[str, contextvars.Token[tuple[str, str] | None]] = {}
+#: the process each worker of this process started in (to tell a forked pool child)
+_worker_pids: dict[int, int] = {}
 
 
 @celeriac.hookimpl
@@ -113,16 +120,28 @@ def _install(app: celeriac.Celeriac, worker: celeriac.Worker) -> None:
     install(app.conf.logging_format, app.conf.worker_log_level)
 
 
-@celeriac.hookimpl
+@celeriac.hookimpl(tryfirst=True)
 def worker_init(app: celeriac.Celeriac, worker: celeriac.Worker) -> None:
-    """Install the filter and formatter on the worker process's handlers."""
+    """Install the filter and formatter on the worker process's handlers -- before any other
+    plugin's ``worker_init`` logs (``metrics on http://...``), so every line is formatted."""
+    import os
+
+    _worker_pids[id(worker)] = os.getpid()
     if _enabled(app):
         _install(app, worker)
 
 
-@celeriac.hookimpl
+@celeriac.hookimpl(tryfirst=True)
 def worker_process_init(app: celeriac.Celeriac, worker: celeriac.Worker) -> None:
-    """Install them in a pool child too (a forked child has them already; a spawned one not)."""
+    """Install them in a pool child too (a forked child has them already; a spawned one not).
+
+    A forked child's only thread is the copy of the thread that forked it (the pool's
+    supervisor) and kept its name; it is the child's main thread, so it is named so."""
+    import os
+
+    parent = _worker_pids.get(id(worker))
+    if parent is not None and parent != os.getpid():
+        threading.current_thread().name = "MainThread"
     if _enabled(app):
         _install(app, worker)
 
@@ -132,6 +151,7 @@ def worker_shutdown(app: celeriac.Celeriac, worker: celeriac.Worker) -> None:
     """Restore the handlers as they were."""
     with _lock:
         installed = _installed.pop(id(worker), None) is not None
+        _worker_pids.pop(id(worker), None)
     if installed:
         uninstall()
 

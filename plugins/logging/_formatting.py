@@ -23,12 +23,17 @@ _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime
 
 
 class TaskContextFilter(logging.Filter):
-    """Adds ``task_id`` and ``task_name`` to every record (empty strings outside a task), so
-    formats can use ``%(task_id)s``. Never drops a record."""
+    """Adds ``task_id`` and ``task_name`` to every record (empty strings outside a task, unless
+    the record has them from ``extra=``), so formats can use ``%(task_id)s``. Never drops a
+    record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         running = current_task.get()
-        record.task_id, record.task_name = running if running is not None else ("", "")
+        if running is not None:
+            record.task_id, record.task_name = running
+        else:
+            record.task_id = getattr(record, "task_id", "")
+            record.task_name = getattr(record, "task_name", "")
         return True
 
 

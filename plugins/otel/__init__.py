@@ -11,7 +11,7 @@ With ``enabled`` the plugin creates spans through the global TracerProvider, so 
 already configures OpenTelemetry (``trace.set_tracer_provider(...)``) gets them in its own
 pipeline. Only when ``exporter`` is set does the plugin set a provider up itself (once per
 process): ``otlp`` needs ``pip install opentelemetry-exporter-otlp-proto-http`` and reads the
-usual ``OTEL_EXPORTER_OTLP_*`` variables; ``console`` prints spans to stdout.
+usual ``OTEL_EXPORTER_OTLP_*`` variables; ``console`` prints spans to stderr (stdout stays the program's own).
 
 Spans:
 

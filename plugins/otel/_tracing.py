@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import sys
 import threading
 from typing import Any
 
@@ -50,8 +51,8 @@ def set_up_provider(exporter: str, service_name: str) -> None:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
     span_exporter: SpanExporter
-    if exporter == "console":
-        span_exporter = ConsoleSpanExporter()
+    if exporter == "console":  # stderr: stdout belongs to the program (``celeriac call`` prints results there)
+        span_exporter = ConsoleSpanExporter(out=sys.stderr)
     else:
         try:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

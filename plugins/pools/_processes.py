@@ -11,7 +11,8 @@ and replaces children that exit. Callbacks run in that thread.
   never when it is killed. The runner is inherited through ``fork``; items and replies are
   pickled over the child's own two pipes (never the broker's wire format), one length-prefixed
   frame each way per item: one ``write`` and usually one ``read`` on each side.
-* **Soft time limit**: the child arms an interval timer (``SIGALRM``) while the item runs;
+* **Soft time limit**: the child arms an interval timer (``SIGALRM``) while the task body runs
+  (disarmed when it returns, before its success handlers and the next chain step);
   :class:`~celeriac.SoftTimeLimitExceeded` is raised inside the task, which may catch it.
   ``SIGUSR1`` sent to a child does the same (``revoke(terminate=True, signal="SIGUSR1")``).
 * **Hard time limit**: the supervisor sends ``SIGTERM``, then ``SIGKILL`` after
@@ -238,6 +239,15 @@ class ProcessPool(Pool):
                 self._assign(self._callbacks)
                 return
         self._wake()
+
+    def running_pid(self, item: Any) -> int | None:
+        """The pid of the child running ``item``; ``None`` while it waits for a child."""
+        with self._lock:
+            for child in self._children.values():
+                work = child.work
+                if work is not None and work.item is item:
+                    return child.pid
+        return None
 
     def grow(self, n: int = 1) -> None:
         """Fork ``n`` more children."""
@@ -687,6 +697,13 @@ def _on_soft_limit(signum: int, frame: object) -> None:
         raise SoftTimeLimitExceeded()
 
 
+def _disarm_soft_limit() -> None:
+    """Called when the task body returns (:meth:`Pool.on_body_return`): its success/failure
+    handlers and the next workflow step run without the soft limit (the hard limit stays)."""
+    _ChildState.running = False  # first: a SIGALRM arriving now is ignored
+    signal.setitimer(signal.ITIMER_REAL, 0)
+
+
 def _child_main(
     item_fd: int,
     reply_fd: int,
@@ -727,12 +744,14 @@ def _child_main(
             try:
                 _ChildState.running = True
                 if soft:
+                    Pool.on_body_return(_disarm_soft_limit)
                     signal.setitimer(signal.ITIMER_REAL, soft)
                 reply: tuple[str, Any] = (_DONE, runner(item))
             finally:
                 _ChildState.running = False
                 if soft:
                     signal.setitimer(signal.ITIMER_REAL, 0)
+                    Pool.on_body_return(None)
         except BaseException as exc:
             reply = (_ERROR, exc)
         memory = (_resident_kib(os.getpid()) or _max_resident_kib()) if measure_memory else 0

@@ -11,6 +11,9 @@ pool thread with ``PyThreadState_SetAsyncExc``:
 * the **hard** limit cannot kill a thread, so here it is treated like a second soft limit and
   raises :class:`~celeriac.TimeLimitExceeded`. Use the ``processes`` pool to really kill a task.
 
+Both limits cover the task body only: they are disarmed when it returns, before its success
+or failure handlers and the next workflow step run.
+
 An asynchronous exception is only seen when the thread runs Python code: a thread blocked in a
 single long C call (``time.sleep(60)``, a socket read without a timeout) sees it when that call
 returns.
@@ -19,6 +22,7 @@ returns.
 from __future__ import annotations
 
 import ctypes
+import functools
 import heapq
 import itertools
 import logging
@@ -274,27 +278,8 @@ class ThreadPool(Pool):
                 self._threads.remove(threading.current_thread())
 
     def _run(self, runner: Callable[[Any], Any], work: _Work) -> None:
-        limits = work.time_limits
-        execution = None
-        if limits is not None and (limits.soft is not None or limits.hard is not None):
-            execution = _Execution(threading.get_ident())
-        # From arm() until disarm() returns, a time-limit exception may be raised at any call or
-        # backward jump: the code in between has neither outside a ``try``. Each limit fires at
-        # most once, so at most two can arrive late, and the third disarm() cannot be hit.
-        try:
-            if execution is not None and limits is not None:
-                self._watchdog.arm(execution, limits)
-            outcome: tuple[Callable[[Any], None], Any] = (work.on_done, runner(work.item))
-        except BaseException as exc:
-            outcome = (work.on_error, exc)
-        if execution is not None:
-            try:
-                self._watchdog.disarm(execution)
-            except _LIMIT_EXCEPTIONS:  # fired as the item finished: the item's outcome stands
-                try:
-                    self._watchdog.disarm(execution)
-                except _LIMIT_EXCEPTIONS:
-                    self._watchdog.disarm(execution)
+        ok, value = call_with_limits(self._watchdog, functools.partial(runner, work.item), work.time_limits)
+        outcome: tuple[Callable[[Any], None], Any] = (work.on_done if ok else work.on_error, value)
         with self._lock:
             self._outstanding -= 1
             self._processed += 1
@@ -312,26 +297,41 @@ def new_watchdog() -> _Watchdog:
 
 
 def call_with_limits(watchdog: _Watchdog, function: Callable[[], Any], limits: TimeLimits | None) -> tuple[bool, Any]:
-    """Call ``function()`` in this thread with ``limits`` enforced by ``watchdog`` as in the
-    threads pool; ``(True, result)`` or ``(False, exception)``, never raises."""
+    """Call ``function()`` in this thread with ``limits`` enforced by ``watchdog`` until the
+    task body returns (:meth:`Pool.on_body_return`: the task's success/failure handlers and
+    the next workflow step run without limits); ``(True, result)`` or ``(False, exception)``,
+    never raises."""
     execution = None
     if limits is not None and (limits.soft is not None or limits.hard is not None):
         execution = _Execution(threading.get_ident())
+    if execution is None or limits is None:
+        try:
+            return True, function()
+        except BaseException as exc:
+            return False, exc
+    # From arm() until disarm() returns, a time-limit exception may be raised at any call or
+    # backward jump: the code in between has neither outside a ``try``. Each limit fires at
+    # most once, so at most two can arrive late, and the third disarm() cannot be hit.
     try:
-        if execution is not None and limits is not None:
-            watchdog.arm(execution, limits)
+        Pool.on_body_return(functools.partial(_disarm, watchdog, execution))
+        watchdog.arm(execution, limits)
         outcome: tuple[bool, Any] = (True, function())
     except BaseException as exc:
         outcome = (False, exc)
-    if execution is not None:
+    _disarm(watchdog, execution)
+    Pool.on_body_return(None)
+    return outcome
+
+
+def _disarm(watchdog: _Watchdog, execution: _Execution) -> None:
+    """Stop the clock for ``execution``; a limit that fired just now is dropped."""
+    try:
+        watchdog.disarm(execution)
+    except _LIMIT_EXCEPTIONS:  # fired as the item finished: the item's outcome stands
         try:
             watchdog.disarm(execution)
-        except _LIMIT_EXCEPTIONS:  # fired as the item finished: the outcome stands
-            try:
-                watchdog.disarm(execution)
-            except _LIMIT_EXCEPTIONS:
-                watchdog.disarm(execution)
-    return outcome
+        except _LIMIT_EXCEPTIONS:
+            watchdog.disarm(execution)
 
 
 def warn_about_hard_limits(app: Any) -> list[str]:

@@ -6,7 +6,7 @@ A worker started with a metrics port serves ``/metrics`` over HTTP::
 
     [celeriac.prometheus]
     port = 9808                 # or CELERIAC_PROMETHEUS_PORT; unset: no metrics server
-    address = "0.0.0.0"         # interface to listen on
+    address = "127.0.0.1"       # interface to listen on; "0.0.0.0" to let Prometheus in from elsewhere
     probe_timeout = 2.0         # seconds a scrape may spend asking the broker about queues
 
 Metrics (counters and histograms are labelled ``task`` and, where known, ``queue``):
@@ -43,6 +43,15 @@ scrape instead of stalling it).
 
 Queue wait needs the publish time: every task message this app publishes carries the header
 ``x-celeriac-sent-at`` (unix time), stamped at ``before_task_publish``.
+
+Every pool child records into files of its own, so a worker that recycles children
+(``max_tasks_per_child``) or loses them (killed) would pile files up; every scrape, and every
+30 s, the worker folds the files of children that are gone into one accumulator file per
+metric type (``counter_dead.db``, ``histogram_dead.db``) and deletes them: the totals stay
+exact and the directory holds the live processes' files plus two.
+
+A metrics port set without prometheus-client installed stops the worker at start with
+``celeriac: the prometheus plugin needs the 'prometheus' extra: pip install 'celeriac[prometheus]'``.
 """
 
 from __future__ import annotations
@@ -88,7 +97,7 @@ def _setting(name: str, kind: str, default: Any, doc: str) -> celeriac.Setting:
 
 SETTINGS = (
     _setting("port", "int", None, "Serve Prometheus metrics on this port (`--metrics-port`); unset: off."),
-    _setting("address", "str", "0.0.0.0", "Interface the metrics server listens on."),
+    _setting("address", "str", "127.0.0.1", "Interface the metrics server listens on (`0.0.0.0`: every interface)."),
     _setting("probe_timeout", "float", 2.0, "Seconds a scrape may spend asking the broker about queues."),
 )
 
@@ -135,8 +144,9 @@ def worker_init(app: celeriac.Celeriac, worker: celeriac.Worker) -> None:
     try:
         from celeriac.plugins.prometheus import _metrics as module
     except ImportError:
-        logger.error("no metrics: %s", _MISSING_EXTRA)
-        return
+        # A signal handler's Exception is only logged; a configured port that cannot be served
+        # must stop the worker (CLI: this one line on stderr, exit code 1).
+        raise SystemExit(f"celeriac: {_MISSING_EXTRA}") from None
     if _recording is not None and _recording.server is not None:
         logger.error(
             "no metrics for %s: a metrics server already runs in this process (for %s); "

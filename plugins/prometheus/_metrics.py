@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -9,13 +10,14 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import celeriac
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -26,6 +28,8 @@ logger = logging.getLogger("celeriac.prometheus")
 _ENV = "PROMETHEUS_MULTIPROC_DIR"
 _SENT_AT = "x-celeriac-sent-at"
 #: Seconds; tasks and waits run from milliseconds to an hour.
+#: Seconds between foldings of dead pool processes' files (every scrape folds too).
+COMPACT_INTERVAL = 30.0
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
 
@@ -105,22 +109,85 @@ class ProcessMetrics:
 
 
 class _SettledFilesCollector(MultiProcessCollector):
-    """prometheus_client's multiprocess collector, minus files still being created.
+    """prometheus_client's multiprocess collector, minus files still being created, that first
+    folds the files of dead processes into accumulator files.
 
     A process creates its ``.db`` file (empty) and only then sizes it; a scrape that globs the
     directory in between would fail on the empty file (``struct.error``) and answer 500.
+    Folding and reading share one lock, so no scrape counts a dead process twice.
     """
 
+    def __init__(self, registry: CollectorRegistry, path: str, live_pids: Callable[[], set[int]]) -> None:
+        super().__init__(registry, path=path)  # type: ignore[no-untyped-call]
+        self._live_pids = live_pids
+        self._lock = threading.Lock()
+
+    def compact(self) -> int:
+        """Fold the files of processes that are gone into the accumulator files; the number of
+        files folded."""
+        with self._lock:
+            return compact_dead_files(self._path, self._live_pids())
+
     def collect(self) -> Any:
-        files = glob.glob(os.path.join(self._path, "*.db"))
-        settled = [name for name in files if _size(name) > 0]
-        return self.merge(settled, accumulate=True)  # type: ignore[no-untyped-call]
+        with self._lock:
+            compact_dead_files(self._path, self._live_pids())
+            files = glob.glob(os.path.join(self._path, "*.db"))
+            settled = [name for name in files if _size(name) > 0]
+            return self.merge(settled, accumulate=True)  # type: ignore[no-untyped-call]
+
+
+#: Name of the accumulator files (``counter_dead.db``, ``histogram_dead.db``) that hold the
+#: sums of every process that is gone.
+DEAD = "dead"
+
+
+def compact_dead_files(directory: str, live: set[int]) -> int:
+    """Add the values of every ``<type>_<pid>.db`` file whose process is gone (not in ``live``
+    and not running) into ``<type>_dead.db`` and delete it; the number of files folded.
+
+    Counters and histogram samples are sums over processes, so the totals stay exact and the
+    directory holds the files of live processes plus one accumulator per type. A process
+    whose pid is still taken (an unreaped child, or a reused pid) is folded later."""
+    dead: dict[str, list[str]] = {}
+    for path in glob.glob(os.path.join(directory, "*.db")):
+        kind, _, ident = os.path.basename(path)[: -len(".db")].rpartition("_")
+        if kind not in ("counter", "histogram") or not ident.isdigit():
+            continue  # an accumulator, or a gauge (none here: gauges are read at scrape time)
+        pid = int(ident)
+        if pid in live or _running(pid) or _size(path) == 0:
+            continue
+        dead.setdefault(kind, []).append(path)
+    folded = 0
+    for kind, paths in dead.items():
+        target = MmapedDict(os.path.join(directory, f"{kind}_{DEAD}.db"))  # type: ignore[no-untyped-call]
+        try:
+            for path in paths:
+                for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(path):  # type: ignore[no-untyped-call]
+                    total, _ = target.read_value(key)  # type: ignore[no-untyped-call]
+                    target.write_value(key, total + value, timestamp)  # type: ignore[no-untyped-call]
+        finally:
+            target.close()  # type: ignore[no-untyped-call]
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+            folded += 1
+    return folded
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # the pid was reused by another user's process
+        return True
+    return True
 
 
 def _size(path: str) -> int:
     try:
         return os.path.getsize(path)
-    except OSError:  # removed meanwhile (a recycled child's files are kept; this is just safe)
+    except OSError:  # removed meanwhile
         return 0
 
 
@@ -131,18 +198,42 @@ class MetricsServer:
         self.worker = worker
         self.directory = directory
         self.registry = CollectorRegistry(auto_describe=False)
-        _SettledFilesCollector(self.registry, path=directory)  # type: ignore[no-untyped-call]
+        self.files = _SettledFilesCollector(self.registry, directory, self.live_pids)
         self.registry.register(WorkerCollector(worker, probe_timeout))
         self.address: tuple[str, int] = ("", 0)
         self._httpd: Any = None
         self._thread: threading.Thread | None = None
         self._saved: tuple[str | None, Any] = (None, None)
+        self._stop = threading.Event()
+        self._compactor: threading.Thread | None = None
+
+    def live_pids(self) -> set[int]:
+        """This process and the pool's children as the pool knows them."""
+        pool = self.worker.pool
+        children = pool.stats().get("processes") if pool is not None else None
+        return {os.getpid(), *(pid for pid in children or () if isinstance(pid, int))}
 
     def listen(self, host: str, port: int) -> None:
         self._httpd, self._thread = start_http_server(port, host, registry=self.registry)
         self.address = (host, int(self._httpd.server_port))
+        self._compactor = threading.Thread(
+            target=self._compact_now_and_then, name="celeriac-metrics-compact", daemon=True
+        )
+        self._compactor.start()
+
+    def _compact_now_and_then(self) -> None:
+        """Fold dead children's files every :data:`COMPACT_INTERVAL` seconds (scrapes fold too),
+        so a worker nobody scrapes does not pile them up either."""
+        while not self._stop.wait(COMPACT_INTERVAL):
+            try:
+                self.files.compact()
+            except Exception as exc:  # never kill the thread: the next scrape folds again
+                logger.warning("metrics: cannot fold the files of finished pool processes: %s", exc)
 
     def close(self) -> None:
+        self._stop.set()
+        if self._compactor is not None:
+            self._compactor.join(5)
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()

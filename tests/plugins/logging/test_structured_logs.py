@@ -210,7 +210,7 @@ queues = ["{queue}"]
     env["PYTHONPATH"] = os.pathsep.join([str(FIXTURES), env.get("PYTHONPATH", "")])
     env["PYTHONUNBUFFERED"] = "1"
     process = subprocess.Popen(
-        [CELERIAC, "worker", "-l", "info", "--log-format", "json"],
+        [CELERIAC, "worker", "-l", "info", "--log-format", "json", "--metrics-port", "0"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -237,7 +237,22 @@ queues = ["{queue}"]
     assert code == 0, "".join(lines)
     banner = re.compile(r"^celeriac \S+: broker ")
     records = [json.loads(line) for line in lines if not banner.match(line)]  # every log line is JSON
+    # ... including what other plugins log at worker_init: the logging plugin installs first
+    assert any(r["message"].startswith("metrics on http://127.0.0.1:") for r in records)
     adding = next(r for r in records if r["message"] == "adding 20 and 22")
     assert adding["task_id"] == result.id
     assert adding["task_name"] == "obs_tasks.add"
+    assert adding["process"] != process.pid  # written in the pool child, whose only thread is its main one
+    assert adding["thread"] == "MainThread"
     assert any(r["message"].startswith(f"Task obs_tasks.add[{result.id}] succeeded") for r in records)
+
+
+def test_a_task_id_from_extra_is_kept_outside_a_task(root_handler: tuple[logging.Handler, io.StringIO]) -> None:
+    handler, stream = root_handler
+    handler.addFilter(TaskContextFilter())
+    handler.setFormatter(JsonFormatter())
+    user_logger.info("settled", extra={"task_id": "abc", "task_name": "proj.add"})
+    user_logger.info("plain")
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert (first["task_id"], first["task_name"]) == ("abc", "proj.add")
+    assert "task_id" not in second

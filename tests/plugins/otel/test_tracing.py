@@ -271,3 +271,27 @@ def test_otlp_exporter_without_its_package_is_one_clear_error(make_app: Any) -> 
         pytest.skip("the OTLP exporter is installed")
     with pytest.raises(PluginError, match=r"pip install opentelemetry-exporter-otlp-proto-http"):
         make_app(otel_exporter="otlp")
+
+
+def test_console_spans_go_to_stderr_not_stdout(tmp_path: Any) -> None:
+    """``exporter = "console"`` must not mix spans into a program's output (``celeriac call``)."""
+    import subprocess
+    import sys
+
+    script = """
+import uuid
+from celeriac import Celeriac
+from celeriac.testing import start_worker
+name = uuid.uuid4().hex
+app = Celeriac("x", broker_url=f"memory://{name}", result_store=f"memory://{name}", environ={},
+               otel_enabled=True, otel_exporter="console")
+@app.task(name="otel.add")
+def add(x, y): return x + y
+with start_worker(app):
+    print("result", add.delay(1, 2).get(timeout=10))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "result 3\n"
+    assert '"name": "process otel.add"' in done.stderr
+    assert '"name": "send otel.add"' in done.stderr

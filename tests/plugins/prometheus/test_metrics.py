@@ -203,12 +203,13 @@ def test_processes_pool_children_are_aggregated(make_app: Any) -> None:
             with pytest.raises(ValueError, match="-1"):
                 pid.delay(-1).get(timeout=20)
             metrics = scrape(worker)
-            children = set(worker.pool.stats().get("processes") or ()) if worker.pool else set()
+            assert worker.pool is not None
+            children = set(worker.pool.stats()["processes"])
     finally:
         next(urls, None)
     assert os.getpid() not in pids  # counted in children, read in the worker process
-    if children:
-        assert pids <= children
+    assert len(children) == 2
+    assert pids <= children
     assert metrics.value("celeriac_tasks_received_total", task="obs.pid", queue=queue) == 13
     assert metrics.value("celeriac_tasks_succeeded_total", task="obs.pid", queue=queue) == 12
     assert metrics.value("celeriac_tasks_failed_total", task="obs.pid", queue=queue) == 1
@@ -262,3 +263,70 @@ print(sorted(m for m in sys.modules if m.startswith(("prometheus_client", "opent
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.timeout(120)
+def test_recycled_and_killed_children_fold_into_bounded_files(make_app: Any, tmp_path: Any) -> None:
+    """30 children recycled after one task each, and one killed: their files are folded into
+    one accumulator per type and deleted; the totals stay exact."""
+    import os
+    import signal
+    import uuid
+
+    queue = f"metrics-{uuid.uuid4().hex[:8]}"
+    app = make_app(f"memory://{uuid.uuid4().hex}", task_default_queue=queue, worker_max_tasks_per_child=1)
+
+    @app.task(name="obs.pid")
+    def pid() -> int:
+        return os.getpid()
+
+    @app.task(name="obs.die")
+    def die(marker: str) -> int:
+        if not os.path.exists(marker):  # the first delivery kills its child (no process shutdown)
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return os.getpid()
+
+    with start_worker(app, pool="processes", concurrency=1, queues=[queue]) as worker:
+        pids = {pid.delay().get(timeout=20) for _ in range(15)}
+        pids.add(die.delay(str(tmp_path / "killed")).get(timeout=20))  # redelivered to a new child
+        pids |= {pid.delay().get(timeout=20) for _ in range(15)}
+        metrics = scrape(worker)
+        address = metrics_address(worker)
+        assert address is not None
+        directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        files = sorted(os.listdir(directory))
+    assert len(pids) == 31  # every task ran in a fresh child
+    assert {"counter_dead.db", "histogram_dead.db"} <= set(files)
+    # the worker's own files, the accumulators and at most two children's (the live one, one
+    # not yet reaped): not one per child
+    assert len(files) <= 8, files
+    children = [name for name in files if name.endswith(tuple(f"_{child}.db" for child in pids))]
+    assert len(children) <= 4, children  # counter and histogram of at most two children
+    assert metrics.value("celeriac_tasks_received_total", task="obs.pid", queue=queue) == 30
+    assert metrics.value("celeriac_tasks_succeeded_total", task="obs.pid", queue=queue) == 30
+    assert metrics.value("celeriac_task_runtime_seconds_count", task="obs.pid") == 30
+    assert metrics.value("celeriac_task_runtime_seconds_bucket", task="obs.pid", le="+Inf") == 30
+    assert metrics.value("celeriac_task_queue_wait_seconds_count", task="obs.pid", queue=queue) == 30
+    assert metrics.value("celeriac_tasks_received_total", task="obs.die", queue=queue) == 2
+    assert metrics.value("celeriac_tasks_succeeded_total", task="obs.die", queue=queue) == 1
+
+
+def test_the_server_listens_on_localhost_by_default() -> None:
+    from celeriac.plugins.prometheus import SETTINGS
+
+    assert {setting.name: setting.default for setting in SETTINGS}["prometheus_address"] == "127.0.0.1"
+
+
+def test_a_port_without_the_extra_stops_the_worker(make_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import uuid
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    monkeypatch.delitem(sys.modules, "celeriac.plugins.prometheus._metrics", raising=False)
+    monkeypatch.delattr("celeriac.plugins.prometheus._metrics", raising=False)
+    app = make_app(f"memory://{uuid.uuid4().hex}")
+    with pytest.raises(SystemExit) as raised, start_worker(app):
+        pass
+    expected = "celeriac: the prometheus plugin needs the 'prometheus' extra: pip install 'celeriac[prometheus]'"
+    assert str(raised.value) == expected
