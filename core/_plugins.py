@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pluggy
 
 from . import hookspecs
-from .exceptions import PluginError
+from .exceptions import HandledError, PluginError
 
 if TYPE_CHECKING:
     import click
@@ -58,6 +58,9 @@ SIGNALS: tuple[str, ...] = (
     "worker_shutting_down",
     "worker_shutdown",
 )
+#: Signals whose handlers may stop what is starting by raising HandledError.
+_ABORTING_SIGNALS = frozenset({"worker_init"})
+
 logger = logging.getLogger("celeriac.plugins")
 
 
@@ -215,11 +218,19 @@ class PluginHost:
     # -- signals ----------------------------------------------------------------------------
 
     def send_signal(self, signal: str, /, **kwargs: Any) -> None:
-        """Call every handler of ``signal``; a failing handler is logged, the rest still run."""
+        """Call every handler of ``signal``; a failing handler is logged, the rest still run.
+
+        One exception: a ``worker_init`` handler that raises :class:`~celeriac.HandledError`
+        (``ConfigError``, ``PluginError``) stops the worker from starting, with that one-line
+        message -- a plugin's configuration that cannot work must not run half-enabled."""
         caller = getattr(self.pm.hook, signal)
         for impl in reversed(caller.get_hookimpls()):
             try:
                 impl.function(*[kwargs[arg] for arg in impl.argnames])
+            except HandledError:
+                if signal in _ABORTING_SIGNALS:
+                    raise
+                logger.exception("signal handler %s of plugin %r failed", signal, impl.plugin_name)
             except Exception:
                 logger.exception("signal handler %s of plugin %r failed", signal, impl.plugin_name)
 

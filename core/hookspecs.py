@@ -391,7 +391,12 @@ def task_unknown(app: Celeriac, message: Envelope, exc: BaseException, name: str
 
 @hookspec
 def worker_init(app: Celeriac, worker: Worker) -> None:
-    """A worker is starting: config read, not yet connected. Called in the worker process."""
+    """A worker is starting: config read, not yet connected. Called in the worker process.
+
+    Unlike other signals, a handler that raises :class:`~celeriac.HandledError` (``ConfigError``,
+    ``PluginError``) stops the worker from starting with that one-line message; the worker then
+    fires ``worker_shutdown`` so handlers release what they set up.
+    """
 
 
 @hookspec

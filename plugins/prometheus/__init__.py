@@ -144,9 +144,9 @@ def worker_init(app: celeriac.Celeriac, worker: celeriac.Worker) -> None:
     try:
         from celeriac.plugins.prometheus import _metrics as module
     except ImportError:
-        # A signal handler's Exception is only logged; a configured port that cannot be served
-        # must stop the worker (CLI: this one line on stderr, exit code 1).
-        raise SystemExit(f"celeriac: {_MISSING_EXTRA}") from None
+        # A configured port that cannot be served must stop the worker: a HandledError raised
+        # in worker_init does (the CLI prints this one line and exits 2).
+        raise celeriac.PluginError(_MISSING_EXTRA) from None
     if _recording is not None and _recording.server is not None:
         logger.error(
             "no metrics for %s: a metrics server already runs in this process (for %s); "

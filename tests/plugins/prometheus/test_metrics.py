@@ -6,6 +6,7 @@ import threading
 import time
 from typing import Any
 
+import celeriac
 import pytest
 from celeriac import NotRegistered, TaskRevokedError
 from celeriac.plugins.prometheus import SENT_AT_HEADER, metrics_address
@@ -326,7 +327,8 @@ def test_a_port_without_the_extra_stops_the_worker(make_app: Any, monkeypatch: p
     monkeypatch.delitem(sys.modules, "celeriac.plugins.prometheus._metrics", raising=False)
     monkeypatch.delattr("celeriac.plugins.prometheus._metrics", raising=False)
     app = make_app(f"memory://{uuid.uuid4().hex}")
-    with pytest.raises(SystemExit) as raised, start_worker(app):
+    with pytest.raises(celeriac.PluginError) as raised, start_worker(app):
         pass
-    expected = "celeriac: the prometheus plugin needs the 'prometheus' extra: pip install 'celeriac[prometheus]'"
+    expected = "the prometheus plugin needs the 'prometheus' extra: pip install 'celeriac[prometheus]'"
     assert str(raised.value) == expected
+    assert not app.running_workers()  # the failed start was cleaned up
