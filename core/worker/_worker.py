@@ -856,7 +856,7 @@ class Worker:
         with self._cond:
             jobs = list(self._active.values() if where == "active" else self._reserved)
         now, wall = time.monotonic(), time.time()
-        pid = os.getpid()
+        pid, pool = os.getpid(), self.pool
         infos = []
         for job in jobs:
             request = job.request
@@ -875,7 +875,7 @@ class Worker:
                         "priority": request.priority,
                         "redelivered": request.redelivered,
                     },
-                    "worker_pid": pid,
+                    "worker_pid": (pool.running_pid(request) if pool is not None else None) or pid,
                     "eta": request.eta.isoformat() if request.eta is not None else None,
                     "retries": request.retries,
                     "root_id": request.root_id,

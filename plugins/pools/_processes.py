@@ -697,9 +697,15 @@ def _on_soft_limit(signum: int, frame: object) -> None:
         raise SoftTimeLimitExceeded()
 
 
-def _disarm_soft_limit() -> None:
+def _leave_body() -> None:
     """Called when the task body returns (:meth:`Pool.on_body_return`): its success/failure
-    handlers and the next workflow step run without the soft limit (the hard limit stays)."""
+    handlers and the next workflow step are not interrupted by ``SIGUSR1``."""
+    _ChildState.running = False
+
+
+def _disarm_soft_limit() -> None:
+    """:func:`_leave_body` for a task with a soft limit: the handlers and the next workflow
+    step run without it (the hard limit stays)."""
     _ChildState.running = False  # first: a SIGALRM arriving now is ignored
     signal.setitimer(signal.ITIMER_REAL, 0)
 
@@ -717,6 +723,8 @@ def _child_main(
     for fd in inherited:  # the other children's pipes, the wake pipe and the selector are not ours
         with contextlib.suppress(OSError):
             os.close(fd)
+    # forked from the supervisor thread, whose name the only thread here would keep in logs
+    threading.current_thread().name = "MainThread"
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the worker, which stops us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGALRM, _on_soft_limit)
@@ -746,12 +754,14 @@ def _child_main(
                 if soft:
                     Pool.on_body_return(_disarm_soft_limit)
                     signal.setitimer(signal.ITIMER_REAL, soft)
+                else:
+                    Pool.on_body_return(_leave_body)
                 reply: tuple[str, Any] = (_DONE, runner(item))
             finally:
                 _ChildState.running = False
                 if soft:
                     signal.setitimer(signal.ITIMER_REAL, 0)
-                    Pool.on_body_return(None)
+                Pool.on_body_return(None)
         except BaseException as exc:
             reply = (_ERROR, exc)
         memory = (_resident_kib(os.getpid()) or _max_resident_kib()) if measure_memory else 0

@@ -476,3 +476,24 @@ def test_a_child_opens_its_own_broker_and_result_store_clients(make_app: MakeApp
 
     with start_worker(app, pool=pool, concurrency=1, queues=[queue]):
         assert clients.apply_async(queue=queue).get(timeout=20) == [shared, shared]
+
+
+def test_inspect_active_names_the_child_that_runs_the_task(make_app: MakeApp, tmp_path: Path) -> None:
+    app = make_app()
+    queue = new_queue()
+    started, release = tmp_path / "started", tmp_path / "release"
+
+    @app.task(name="t.hold")
+    def hold() -> int:
+        started.write_text(str(os.getpid()))
+        while not release.exists():
+            time.sleep(0.01)
+        return os.getpid()
+
+    with start_worker(app, pool="processes", concurrency=1, queues=[queue]) as worker:
+        result = hold.apply_async(queue=queue)
+        wait_for(lambda: started.exists() and started.read_text())
+        [info] = worker.job_infos("active")
+        assert info["worker_pid"] == int(started.read_text()) != os.getpid()
+        release.write_text("go")
+        assert result.get(timeout=20) == info["worker_pid"]
