@@ -171,6 +171,12 @@ class Transport(ABC):
     def queue_length(self, queue: str) -> int:
         """Messages ready on ``queue`` (not counting delayed or unsettled ones)."""
 
+    def scheduled(self, queue: str, limit: int = 100) -> list[tuple[float, Envelope]] | None:
+        """Delayed messages of ``queue`` (countdown, ETA, retries, rate-limit slots) that wait
+        in the broker, soonest first, at most ``limit``: ``(eta as unix time, envelope)``.
+        ``None`` when this broker cannot list them (``inspect scheduled`` then says so)."""
+        return None
+
     def oldest_message_age(self, queue: str) -> float | None:
         """Seconds the oldest ready message of ``queue`` has waited (0.0 when it is empty), or
         ``None`` when this broker cannot tell. Monitors use it as the autoscaling signal."""

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .._envelope import Envelope
@@ -67,9 +68,33 @@ def reserved(worker: Worker) -> list[dict[str, Any]]:
     return worker.job_infos("reserved")
 
 
-def scheduled(worker: Worker) -> list[dict[str, Any]]:
-    # ETA tasks wait in the broker, not in the worker (see the design); nothing is held here
-    return []
+def scheduled(worker: Worker, limit: int = 100) -> list[dict[str, Any]]:
+    """Celery's ``scheduled`` entries for the delayed messages of the queues this worker
+    consumes. They wait in the broker, not in a worker, so workers sharing a queue list the
+    same ones; a broker that cannot list them (AMQP) gives ``[]``."""
+    transport = worker.app.transport  # the client side: safe from this thread
+    entries: list[dict[str, Any]] = []
+    for queue in list(worker.queues):
+        for eta, envelope in transport.scheduled(queue, limit) or []:
+            headers = envelope.headers
+            entries.append(
+                {
+                    "eta": datetime.fromtimestamp(eta, UTC).isoformat(),
+                    "priority": envelope.priority,
+                    "request": {
+                        "id": headers.get("id"),
+                        "name": headers.get("task"),
+                        "type": headers.get("task"),
+                        "args": headers.get("argsrepr"),
+                        "kwargs": headers.get("kwargsrepr"),
+                        "retries": headers.get("retries", 0),
+                        "hostname": worker.hostname,
+                        "delivery_info": {"routing_key": queue, "priority": envelope.priority},
+                    },
+                }
+            )
+    entries.sort(key=lambda entry: entry["eta"])
+    return entries[:limit]
 
 
 def revoked(worker: Worker) -> list[str]:

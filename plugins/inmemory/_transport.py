@@ -375,6 +375,17 @@ class MemoryTransport(celeriac.Transport):
             found.promote_due(time.time())
             return len(found.ready)
 
+    def scheduled(self, queue: str, limit: int = 100) -> list[tuple[float, celeriac.Envelope]]:
+        """Delayed messages of ``queue`` not yet due, soonest first."""
+        broker = self._broker
+        with broker.lock:
+            found = broker.queues.get(queue)
+            if found is None:
+                return []
+            found.promote_due(time.time())
+            soonest = heapq.nsmallest(limit, found.delayed)
+        return [(eta, message.envelope) for eta, _, message in soonest]
+
     def oldest_message_age(self, queue: str) -> float | None:
         """Seconds since the oldest ready message of ``queue`` became ready (0.0 when none is)."""
         broker = self._broker

@@ -491,6 +491,22 @@ class RedisTransport(celeriac.Transport):
         script = self._scripts["QUEUE_LENGTH"]
         return int(self._retrying("read a queue length from", lambda: script(keys, [GROUP])))
 
+    def scheduled(self, queue: str, limit: int = 100) -> list[tuple[float, celeriac.Envelope]]:
+        """Delayed messages of ``queue`` (its sorted set), soonest first."""
+        key = self._delayed_key(queue)
+        reply = self._retrying(
+            "list delayed messages on", lambda: self._wire.call("ZRANGE", key, 0, max(0, limit - 1), "WITHSCORES")
+        )
+        if reply and isinstance(reply[0], list):  # RESP3 answers [member, score] pairs
+            pairs = [(member, score) for member, score in reply]
+        else:
+            pairs = list(zip(reply[::2], reply[1::2], strict=True))
+        found = []
+        for member, score in pairs:
+            size = int(member[17:25], 16)  # level digit, 16 random hex chars, head length
+            found.append((float(score) / 1000, decode(member[25 : 25 + size], member[25 + size :])))
+        return found
+
     def oldest_message_age(self, queue: str) -> float:
         """Seconds the oldest ready message of ``queue`` has waited (0.0 when none is ready),
         by the Redis server's clock: entries not yet delivered to the consumer group, and

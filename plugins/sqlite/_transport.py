@@ -65,6 +65,10 @@ _INSERT = (
     "INSERT INTO celeriac_messages (queue, priority, not_before, published_at, body, content_type,"
     " content_encoding, headers, properties) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_SCHEDULED = (
+    "SELECT not_before, body, content_type, content_encoding, headers, properties FROM celeriac_messages"
+    " WHERE queue = :queue AND not_before IS NOT NULL AND not_before > :now ORDER BY not_before, id LIMIT :limit"
+)
 _PROMOTE_DUE = "UPDATE celeriac_messages SET not_before = NULL WHERE not_before IS NOT NULL AND not_before <= ?"
 _EXPIRE_LEASES = (
     "UPDATE celeriac_messages SET owner = NULL, lease_until = NULL WHERE owner IS NOT NULL AND lease_until <= ?"
@@ -352,6 +356,15 @@ class SQLiteTransport(celeriac.Transport):
         with self._db.connection("queue length") as connection:
             count: int = connection.execute(_QUEUE_LENGTH, {"queue": queue, "now": time.time()}).fetchone()[0]
         return count
+
+    def scheduled(self, queue: str, limit: int = 100) -> list[tuple[float, celeriac.Envelope]]:
+        """Delayed messages of ``queue`` not yet due, soonest first."""
+        with self._db.connection("list delayed messages") as connection:
+            rows = connection.execute(_SCHEDULED, {"queue": queue, "now": time.time(), "limit": limit}).fetchall()
+        return [
+            (not_before, decode_envelope(body, content_type, encoding, headers, properties))
+            for not_before, body, content_type, encoding, headers, properties in rows
+        ]
 
     def oldest_message_age(self, queue: str) -> float | None:
         """Seconds the oldest ready message of ``queue`` has waited (0.0 when none is): since

@@ -6,6 +6,7 @@ import io
 import json
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,15 @@ def test_inspect_returns_what_is_true(app: Celeriac) -> None:
 
     with start_worker(app, concurrency=1, name="one@test", prefetch_multiplier=2) as worker:
         running, waiting = block.delay(), block.delay()
+        later = block.apply_async(countdown=600)  # waits in the broker: inspect scheduled lists it
         wait_for(lambda: worker.active_count == 1 and len(worker.job_infos("reserved")) == 1, 10)
         inspect = app.control.inspect(destination="one@test")
         assert inspect.ping() == {"one@test": {"ok": "pong"}}
         assert [job["id"] for job in inspect.active()["one@test"]] == [running.id]  # type: ignore[index]
         assert [job["id"] for job in inspect.reserved()["one@test"]] == [waiting.id]  # type: ignore[index]
-        assert inspect.scheduled() == {"one@test": []}
+        [entry] = inspect.scheduled()["one@test"]  # type: ignore[index]
+        assert entry["request"]["id"] == later.id and entry["request"]["name"] == block.name
+        assert 590 < datetime.fromisoformat(entry["eta"]).timestamp() - time.time() <= 600
         found = inspect.query_task(running.id, waiting.id)["one@test"]  # type: ignore[index]
         assert (found[running.id][0], found[waiting.id][0]) == ("active", "reserved")
         assert block.name in inspect.registered()["one@test"]  # type: ignore[index]

@@ -438,6 +438,20 @@ class TransportSuite:
         assert transport.oldest_message_age(queue) == 0.0  # nothing ready: held ones do not count
         transport.ack_many(held)
 
+    def test_scheduled_lists_delayed_messages_soonest_first(self, transport: Transport, queue: str) -> None:
+        if transport.scheduled(queue) is None:
+            pytest.skip(f"{type(transport).__name__} cannot list its delayed messages")
+        assert transport.scheduled(queue) == []
+        now = time.time()
+        for number, delay in ((1, 60), (2, 30), (3, 90)):
+            transport.publish(envelope(number), queue, eta=now + delay)
+        transport.publish(envelope(4), queue)  # ready: not scheduled
+        listed = transport.scheduled(queue) or []
+        assert [_number(item) for _, item in listed] == [2, 1, 3]
+        assert [round(eta - now) for eta, _ in listed] == [30, 60, 90]
+        assert [_number(item) for _, item in transport.scheduled(queue, limit=2) or []] == [2, 1]
+        transport.ack_many(collect(transport, [queue], 1))
+
     # -- broadcast ---------------------------------------------------------------------------
 
     def test_broadcast_reaches_every_current_subscriber(self, open_transport: MakeTransport) -> None:
