@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,54 +16,11 @@ from pathlib import Path
 import pytest
 from celeriac.testing import wait_for
 
+from tests._cli import CELERIAC, Process, cli_env
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
-FIXTURES = Path(__file__).parent.parent / "fixtures"
-CELERIAC = [str(Path(sys.executable).with_name("celeriac"))]
 REDIS_DB = 9
-
-
-class Process:
-    """A CLI process whose stderr lines are collected by a reader thread."""
-
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            args,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def said(self, text: str) -> bool:
-        return any(text in line for line in list(self.lines))
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=timeout)
-        finally:
-            self.close()
-        return code
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.reader.join(5)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
 
 
 def wait_until(condition: Callable[[], object], timeout: float, message: str, *said: Process) -> None:
@@ -115,14 +70,11 @@ args = ["tick"]
 expires = 30
 """
         )
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CELERIAC_")}
-        self.env["PYTHONPATH"] = os.pathsep.join([str(FIXTURES), self.env.get("PYTHONPATH", "")])
-        self.env["PYTHONUNBUFFERED"] = "1"
-        self.env["BEAT_LOG"] = str(self.log)
+        self.env = cli_env(BEAT_LOG=str(self.log))
         self.processes: list[Process] = []
 
     def start(self, *args: str) -> Process:
-        process = Process([*CELERIAC, *args], self.root, self.env)
+        process = Process(list(args), self.root, self.env)
         self.processes.append(process)
         return process
 
@@ -173,7 +125,7 @@ def test_worker_with_embedded_beat(project: Project) -> None:
 def test_beat_refuses_a_broker_other_processes_cannot_reach(tmp_path: Path) -> None:
     (tmp_path / "celeriac.toml").write_text('[celeriac]\nbroker_url = "memory://x"\nresult_store = "memory://x"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELERIAC_")}
-    done = subprocess.run([*CELERIAC, "beat"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([CELERIAC, "beat"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         "celeriac: broker_url memory://x only reaches workers inside this process; point broker_url at a broker "

@@ -7,8 +7,6 @@ import json
 import logging
 import os
 import re
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +17,8 @@ from celeriac import Celeriac
 from celeriac.plugins.logging import JsonFormatter, TaskContextFilter
 from celeriac.testing import start_worker
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
-CELERIAC = str(Path(sys.executable).with_name("celeriac"))
+from tests._cli import Process, cli_env
+
 REDIS_DB = 8
 user_logger = logging.getLogger("user.code")
 
@@ -46,6 +44,25 @@ def root_handler() -> Iterator[tuple[logging.Handler, io.StringIO]]:
 def make_app(**settings: Any) -> Celeriac:
     name = uuid.uuid4().hex
     return Celeriac("logs", broker_url=f"memory://{name}", result_store=f"memory://{name}", environ={}, **settings)
+
+
+def add_then_log_outside(app: Celeriac) -> str:
+    """Run ``logs.add`` (it logs "adding") on a worker of ``app``, then log "outside"; close the
+    app and return the task's id."""
+
+    @app.task(name="logs.add")
+    def add(x: int, y: int) -> int:
+        user_logger.info("adding")
+        return x + y
+
+    try:
+        with start_worker(app):
+            result = add.delay(1, 2)
+            assert result.get(timeout=10) == 3
+            user_logger.info("outside")
+    finally:
+        app.close()
+    return result.id
 
 
 def test_json_lines_parse_and_carry_the_task(root_handler: tuple[logging.Handler, io.StringIO]) -> None:
@@ -89,39 +106,15 @@ def test_json_lines_parse_and_carry_the_task(root_handler: tuple[logging.Handler
 
 def test_plain_lines_carry_the_task(root_handler: tuple[logging.Handler, io.StringIO]) -> None:
     _, stream = root_handler
-    app = make_app()
-
-    @app.task(name="logs.add")
-    def add(x: int, y: int) -> int:
-        user_logger.info("adding")
-        return x + y
-
-    try:
-        with start_worker(app):
-            result = add.delay(1, 2)
-            assert result.get(timeout=10) == 3
-            user_logger.info("outside")
-    finally:
-        app.close()
+    task_id = add_then_log_outside(make_app())
     lines = stream.getvalue().splitlines()
-    assert f"INFO user.code logs.add[{result.id}]: adding" in lines
+    assert f"INFO user.code logs.add[{task_id}]: adding" in lines
     assert "INFO user.code outside" in lines
 
 
 def test_task_context_can_be_switched_off(root_handler: tuple[logging.Handler, io.StringIO]) -> None:
     _, stream = root_handler
-    app = make_app(logging_task_context=False)
-
-    @app.task(name="logs.add")
-    def add(x: int, y: int) -> int:
-        user_logger.info("adding")
-        return x + y
-
-    try:
-        with start_worker(app):
-            assert add.delay(1, 2).get(timeout=10) == 3
-    finally:
-        app.close()
+    add_then_log_outside(make_app(logging_task_context=False))
     assert "INFO user.code adding" in stream.getvalue().splitlines()
 
 
@@ -129,22 +122,9 @@ def test_the_filter_in_your_own_format(root_handler: tuple[logging.Handler, io.S
     handler, stream = root_handler
     handler.addFilter(TaskContextFilter())
     handler.setFormatter(logging.Formatter("%(task_name)s|%(task_id)s|%(message)s"))
-    app = make_app(logging_task_context=False)
-
-    @app.task(name="logs.add")
-    def add(x: int, y: int) -> int:
-        user_logger.info("adding")
-        return x + y
-
-    try:
-        with start_worker(app):
-            result = add.delay(1, 2)
-            assert result.get(timeout=10) == 3
-            user_logger.info("outside")
-    finally:
-        app.close()
+    task_id = add_then_log_outside(make_app(logging_task_context=False))
     lines = stream.getvalue().splitlines()
-    assert f"logs.add|{result.id}|adding" in lines
+    assert f"logs.add|{task_id}|adding" in lines
     assert "||outside" in lines
 
 
@@ -206,35 +186,17 @@ concurrency = 1
 queues = ["{queue}"]
 """
     )
-    env = {key: value for key, value in os.environ.items() if not key.startswith("CELERIAC_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(FIXTURES), env.get("PYTHONPATH", "")])
-    env["PYTHONUNBUFFERED"] = "1"
-    process = subprocess.Popen(
-        [CELERIAC, "worker", "-l", "info", "--log-format", "json", "--metrics-port", "0"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = Process(["worker", "-l", "info", "--log-format", "json", "--metrics-port", "0"], tmp_path, cli_env())
     client = Celeriac("client", broker_url=redis_url, result_store=redis_url, environ={})
-    lines: list[str] = []
     try:
-        assert process.stderr is not None
-        for line in process.stderr:
-            lines.append(line)
-            if " ready: pool=" in line:
-                break
+        process.wait_for_line(" ready: pool=")
         result = client.send_task("obs_tasks.add", [20, 22], queue=queue)
         assert result.get(timeout=30) == 42
     finally:
         client.close()
-        process.terminate()
-        code = process.wait(timeout=30)
-        if process.stderr is not None:
-            lines += process.stderr.readlines()
-            process.stderr.close()
-    assert code == 0, "".join(lines)
+        code = process.stop(timeout=30)
+    lines = process.lines
+    assert code == 0, process.stderr
     banner = re.compile(r"^celeriac \S+: broker ")
     records = [json.loads(line) for line in lines if not banner.match(line)]  # every log line is JSON
     # ... including what other plugins log at worker_init: the logging plugin installs first

@@ -4,6 +4,7 @@ Redis fails the test) and on SQLite (a file per test)."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,3 +50,27 @@ def make_app(backend: dict[str, str]) -> Iterator[Callable[..., Celeriac]]:
     yield make
     for application in apps:
         application.close()
+
+
+class Outcomes:
+    """What the pool hands to ``on_done`` / ``on_error``, waitable."""
+
+    def __init__(self) -> None:
+        self.done: list[Any] = []
+        self.errors: list[BaseException] = []
+        self._changed = threading.Condition()
+
+    def on_done(self, value: Any) -> None:
+        with self._changed:
+            self.done.append(value)
+            self._changed.notify_all()
+
+    def on_error(self, exc: BaseException) -> None:
+        with self._changed:
+            self.errors.append(exc)
+            self._changed.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> None:
+        with self._changed:
+            finished = self._changed.wait_for(lambda: len(self.done) + len(self.errors) >= count, timeout)
+        assert finished, f"only {len(self.done)} done and {len(self.errors)} failed of {count}"

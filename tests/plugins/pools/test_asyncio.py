@@ -14,31 +14,11 @@ from celeriac import Pool, SoftTimeLimitExceeded, Terminated, TimeLimitExceeded,
 from celeriac.plugins.pools._asyncio import AsyncioPool
 from celeriac.testing import wait_for
 
+from .conftest import Outcomes
+
 pytestmark = pytest.mark.timeout(30)
 
 WAIT = 10.0
-
-
-class Outcomes:
-    def __init__(self) -> None:
-        self.done: list[Any] = []
-        self.errors: list[BaseException] = []
-        self._changed = threading.Condition()
-
-    def on_done(self, value: Any) -> None:
-        with self._changed:
-            self.done.append(value)
-            self._changed.notify_all()
-
-    def on_error(self, exc: BaseException) -> None:
-        with self._changed:
-            self.errors.append(exc)
-            self._changed.notify_all()
-
-    def wait_for(self, count: int, timeout: float = WAIT) -> None:
-        with self._changed:
-            finished = self._changed.wait_for(lambda: len(self.done) + len(self.errors) >= count, timeout)
-        assert finished, f"only {len(self.done)} done and {len(self.errors)} failed of {count}"
 
 
 def call(item: Callable[[], Any]) -> Any:

@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from celeriac import Celeriac
-from celeriac.testing import wait_for
+
+from tests._cli import Process, cli_env
 
 pytestmark = pytest.mark.timeout(60)
-
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
-CELERIAC = str(Path(sys.executable).with_name("celeriac"))
 
 
 def children_of(pid: int) -> set[int]:
@@ -69,33 +65,25 @@ queues = ["{queue}"]
 shutdown_timeout = 10
 """
     )
-    env = {key: value for key, value in os.environ.items() if not key.startswith("CELERIAC_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(FIXTURES), env.get("PYTHONPATH", "")])
-    log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen(
-        [CELERIAC, "worker", "-l", "info", "--max-tasks-per-child", "3"], cwd=tmp_path, env=env, stderr=log
-    )
+    worker = Process(["worker", "-l", "info", "--max-tasks-per-child", "3"], tmp_path, cli_env())
     client = Celeriac("client", environ={}, broker_url=redis_url, result_store=redis_url)
     try:
-        wait_for(lambda: " ready: pool=processes" in (tmp_path / "worker.log").read_text(), timeout=30)
+        worker.wait_for_line(" ready: pool=processes", timeout=30)
         children = children_of(worker.pid)
         assert len(children) == 2
         pids = {client.send_task("pools_tasks.pid", queue=queue).get(timeout=20) for _ in range(8)}
         assert worker.pid not in pids
         assert len(pids) >= 3  # recycled after 3 tasks each
         running = client.send_task("pools_tasks.nap", (1.0,), queue=queue)
-        wait_for(lambda: "pools_tasks.nap" in (tmp_path / "worker.log").read_text(), timeout=10)
+        worker.wait_for_line("pools_tasks.nap", timeout=10)
         last_children = children_of(worker.pid)
         assert len(last_children) == 2
         for child in last_children:
             os.kill(child, signal.SIGINT)  # as Ctrl-C does to the whole process group: ignored
-        worker.send_signal(signal.SIGTERM)  # warm shutdown: the running task finishes
-        assert worker.wait(timeout=30) == 0
+        worker.proc.send_signal(signal.SIGTERM)  # warm shutdown: the running task finishes
+        assert worker.proc.wait(timeout=30) == 0, worker.stderr
         assert running.get(timeout=10) in last_children
         assert not [child for child in last_children if alive(child)]
     finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait(10)
+        worker.close()
         client.close()
-        log.close()

@@ -18,6 +18,8 @@ from celeriac.exceptions import Terminated
 from celeriac.plugins.pools._processes import ProcessPool
 from celeriac.testing import wait_for
 
+from .conftest import Outcomes
+
 pytestmark = pytest.mark.timeout(30)
 
 WAIT = 10.0
@@ -66,30 +68,6 @@ def runner(item: tuple[str, Any]) -> Any:
         _ballast.append(b"x" * argument)
         return os.getpid()
     raise AssertionError(f"unknown item kind {kind}")
-
-
-class Outcomes:
-    """What the pool hands to ``on_done`` / ``on_error``, waitable."""
-
-    def __init__(self) -> None:
-        self.done: list[Any] = []
-        self.errors: list[BaseException] = []
-        self._changed = threading.Condition()
-
-    def on_done(self, value: Any) -> None:
-        with self._changed:
-            self.done.append(value)
-            self._changed.notify_all()
-
-    def on_error(self, exc: BaseException) -> None:
-        with self._changed:
-            self.errors.append(exc)
-            self._changed.notify_all()
-
-    def wait_for(self, count: int, timeout: float = WAIT) -> None:
-        with self._changed:
-            finished = self._changed.wait_for(lambda: len(self.done) + len(self.errors) >= count, timeout)
-        assert finished, f"only {len(self.done)} done and {len(self.errors)} failed of {count}"
 
 
 def run(pool: ProcessPool, item: tuple[str, Any], limits: TimeLimits | None = None) -> Outcomes:

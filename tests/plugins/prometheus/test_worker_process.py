@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,10 +10,9 @@ from pathlib import Path
 import pytest
 from celeriac import Celeriac
 
-from .conftest import REDIS_DB, scrape_url
+from tests._cli import Process, cli_env
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
-CELERIAC = str(Path(sys.executable).with_name("celeriac"))
+from .conftest import REDIS_DB, scrape_url
 
 
 @pytest.fixture
@@ -53,29 +49,13 @@ shutdown_timeout = 10
 address = "127.0.0.1"
 """
     )
-    env = {key: value for key, value in os.environ.items() if not key.startswith("CELERIAC_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(FIXTURES), env.get("PYTHONPATH", "")])
-    env["PYTHONUNBUFFERED"] = "1"
-    process = subprocess.Popen(
-        [CELERIAC, "worker", "-l", "info", "--metrics-port", "0"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = Process(["worker", "-l", "info", "--metrics-port", "0"], tmp_path, cli_env())
     client = Celeriac("client", broker_url=broker_url, result_store=broker_url, environ={})
-    lines: list[str] = []
     try:
-        assert process.stderr is not None
-        url = None
-        for line in process.stderr:
-            lines.append(line)
-            found = re.search(r"metrics on (http://\S+/metrics)", line)
-            url = url or (found.group(1) if found else None)
-            if " ready: pool=" in line:
-                break
-        assert url is not None, "no metrics line in:\n" + "".join(lines)
+        process.wait_for_line(" ready: pool=")
+        found = re.search(r"metrics on (http://\S+/metrics)", process.wait_for_line("metrics on ", timeout=0))
+        assert found is not None, "no metrics line in:\n" + process.stderr
+        url = found.group(1)
         results = [client.send_task("obs_tasks.add", [i, i], queue=queue) for i in range(4)]
         assert [result.get(timeout=30) for result in results] == [0, 2, 4, 6]
         with pytest.raises(Exception, match="always fails"):
@@ -92,10 +72,5 @@ address = "127.0.0.1"
         assert "# TYPE celeriac_task_queue_wait_seconds histogram" in metrics.text
     finally:
         client.close()
-        process.terminate()
-        code = process.wait(timeout=30)
-        rest = ""
-        if process.stderr is not None:
-            rest = process.stderr.read()
-            process.stderr.close()
-    assert code == 0, "".join(lines) + rest
+        code = process.stop(timeout=30)
+    assert code == 0, process.stderr
