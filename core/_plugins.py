@@ -92,13 +92,25 @@ class PluginHost:
 
     # -- loading ----------------------------------------------------------------------------
 
-    def load(self, modules: Sequence[str] = (), blocked: Sequence[str] = (), where: str = "config") -> None:
-        """Register entry-point plugins (minus ``blocked``), then ``modules`` from the config."""
+    def load(
+        self,
+        modules: Sequence[str] = (),
+        blocked: Sequence[str] = (),
+        where: str = "config",
+        where_blocked: str | None = None,
+    ) -> None:
+        """Register entry-point plugins (minus ``blocked``), then ``modules`` from the config.
+
+        ``where`` / ``where_blocked`` name where ``plugins`` / ``disable_plugins`` came from (a
+        file, an environment variable) for error messages. Modules are imported with the
+        working directory on ``sys.path``, as ``imports`` are."""
         known = {ep.name for ep in _entry_points()}
         for name in blocked:
             if name not in known and name not in modules:
                 installed = ", ".join(sorted(known)) or "none"
-                raise PluginError(f"{where}: disable_plugins: no plugin called {name!r}; installed: {installed}")
+                raise PluginError(
+                    f"{where_blocked or where}: disable_plugins: no plugin called {name!r}; installed: {installed}"
+                )
             self.pm.set_blocked(name)
         for entry_point in sorted(_entry_points(), key=_builtin_first):
             if self.pm.is_blocked(entry_point.name) or self.pm.has_plugin(entry_point.name):
@@ -108,6 +120,8 @@ class PluginHost:
             except ImportError as exc:
                 raise PluginError(f"plugin {entry_point.name!r} ({entry_point.value}) failed to import: {exc}") from exc
             self._register(plugin, entry_point.name, _dist_source(entry_point))
+        if modules and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
         for module_name in modules:
             if self.pm.has_plugin(module_name):
                 continue

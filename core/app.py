@@ -121,9 +121,9 @@ class Celeriac:
         # read (``$CELERIAC_CONFIG``, ``./celeriac.toml``, ``[tool.celeriac]``); keywords win.
         source = discover_config_file(environ=environ) if config_source is None else config_source
         table = read_config_file(source)
-        plugin_modules, blocked = self._plugin_lists(source, table, environ, settings)
+        plugin_modules, blocked, origins = self._plugin_lists(source, table, environ, settings)
         self.plugins = PluginHost()
-        self.plugins.load(plugin_modules, blocked, where=str(source))
+        self.plugins.load(plugin_modules, blocked, where=origins[0], where_blocked=origins[1])
         for plugin in plugins:
             self.plugins.register(plugin)
         self.conf = Config([*KERNEL_SETTINGS, *self.plugins.settings()], source)
@@ -149,13 +149,18 @@ class Celeriac:
     @staticmethod
     def _plugin_lists(
         source: ConfigSource, table: Mapping[str, Any], environ: Mapping[str, str], settings: Mapping[str, Any]
-    ) -> tuple[list[str], list[str]]:
-        """``plugins`` / ``disable_plugins`` are needed before the plugins' own settings exist."""
+    ) -> tuple[list[str], list[str], tuple[str, str]]:
+        """``plugins`` / ``disable_plugins`` (and where each came from) are needed before the
+        plugins' own settings exist."""
         preliminary = Config([s for s in KERNEL_SETTINGS if s.name in ("plugins", "disable_plugins")], source)
         preliminary.load_table({k: v for k, v in table.items() if k in ("plugins", "disable_plugins")})
         preliminary.load_environ(environ)
         preliminary.update({k: v for k, v in settings.items() if k in ("plugins", "disable_plugins")})
-        return list(preliminary.plugins), list(preliminary.disable_plugins)
+        origins = tuple(
+            str(source) if preliminary.origin(name) == "default" else preliminary.origin(name)
+            for name in ("plugins", "disable_plugins")
+        )
+        return list(preliminary.plugins), list(preliminary.disable_plugins), (origins[0], origins[1])
 
     @classmethod
     def from_config(

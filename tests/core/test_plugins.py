@@ -130,3 +130,24 @@ def test_third_party_plugin_from_config_adds_transport_and_signal(tmp_path: Path
     infos = {info.name: info for info in app.plugins.plugins()}
     assert infos["celeriac_fixture_plugin"].source == "config"
     assert "task_success" in infos["celeriac_fixture_plugin"].hooks
+
+
+def test_config_plugins_import_from_the_working_directory_and_errors_name_their_origin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from celeriac.exceptions import PluginError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    (tmp_path / "cwdproj").mkdir()
+    (tmp_path / "cwdproj" / "__init__.py").write_text("")
+    (tmp_path / "cwdproj" / "signals.py").write_text("import celeriac\n")
+    (tmp_path / "celeriac.toml").write_text('[celeriac]\nplugins = ["cwdproj.signals"]\nbroker_url = "memory://p"\n')
+    app = Celeriac("tests", environ={})
+    assert "cwdproj.signals" in [info.name for info in app.plugins.plugins()]
+    with pytest.raises(PluginError, match=r"^\$CELERIAC_PLUGINS: plugins: cannot import 'nosuchmod'"):
+        Celeriac("tests", environ={"CELERIAC_PLUGINS": "nosuchmod"})
+    with pytest.raises(PluginError, match=r"^\$CELERIAC_DISABLE_PLUGINS: disable_plugins: no plugin called 'nope'"):
+        Celeriac("tests", environ={"CELERIAC_DISABLE_PLUGINS": "nope"})
