@@ -346,22 +346,24 @@ class PluginHost:
         self.send_signal("task_unknown", app=app, message=message, exc=exc, name=name, id=task_id)
 
     def worker_init(self, app: Celeriac, worker: Worker) -> None:
-        self.send_signal("worker_init", app=app, worker=worker)
+        self.send_signal("worker_init", app=app, sender=worker, worker=worker)
 
     def worker_process_init(self, app: Celeriac, worker: Worker) -> None:
-        self.send_signal("worker_process_init", app=app, worker=worker)
+        self.send_signal("worker_process_init", app=app, sender=worker, worker=worker)
 
     def worker_process_shutdown(self, app: Celeriac, worker: Worker, pid: int, exitcode: int) -> None:
-        self.send_signal("worker_process_shutdown", app=app, worker=worker, pid=pid, exitcode=exitcode)
+        self.send_signal("worker_process_shutdown", app=app, sender=worker, worker=worker, pid=pid, exitcode=exitcode)
 
     def worker_ready(self, app: Celeriac, worker: Worker) -> None:
-        self.send_signal("worker_ready", app=app, worker=worker)
+        self.send_signal("worker_ready", app=app, sender=worker, worker=worker)
 
     def worker_shutting_down(self, app: Celeriac, worker: Worker, sig: str, how: str, exitcode: int) -> None:
-        self.send_signal("worker_shutting_down", app=app, worker=worker, sig=sig, how=how, exitcode=exitcode)
+        self.send_signal(
+            "worker_shutting_down", app=app, sender=worker, worker=worker, sig=sig, how=how, exitcode=exitcode
+        )
 
     def worker_shutdown(self, app: Celeriac, worker: Worker) -> None:
-        self.send_signal("worker_shutdown", app=app, worker=worker)
+        self.send_signal("worker_shutdown", app=app, sender=worker, worker=worker)
 
 
 def signal_handler_plugin(signal: str, function: Callable[..., Any]) -> object:

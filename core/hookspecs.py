@@ -8,7 +8,8 @@ Groups:
 
 * **assembly** — which transport, result store, pool and serializers a worker is built from,
   extra settings and CLI commands, and the configure notice;
-* **signals** — Celery's signals with Celery's argument names (plus ``app``). Every signal
+* **signals** — Celery's signals with Celery's argument names (plus ``app``). The ``worker_*`` signals
+  pass the worker both as ``worker`` and, for Celery-style handlers, as ``sender``. Every signal
   handler runs isolated: an exception is logged with the plugin's name and the next handler
   still runs, so a broken handler never kills a worker or loses a task. Signal hooks do not
   support wrappers.
@@ -390,7 +391,7 @@ def task_unknown(app: Celeriac, message: Envelope, exc: BaseException, name: str
 
 
 @hookspec
-def worker_init(app: Celeriac, worker: Worker) -> None:
+def worker_init(app: Celeriac, sender: Worker, worker: Worker) -> None:
     """A worker is starting: config read, not yet connected. Called in the worker process.
 
     Unlike other signals, a handler that raises :class:`~celeriac.HandledError` (``ConfigError``,
@@ -400,13 +401,13 @@ def worker_init(app: Celeriac, worker: Worker) -> None:
 
 
 @hookspec
-def worker_process_init(app: Celeriac, worker: Worker) -> None:
+def worker_process_init(app: Celeriac, sender: Worker, worker: Worker) -> None:
     """A process that will run tasks is ready (each child of a process pool; the worker
     process itself, once, for in-process pools). Called in that process, before any task."""
 
 
 @hookspec
-def worker_process_shutdown(app: Celeriac, worker: Worker, pid: int, exitcode: int) -> None:
+def worker_process_shutdown(app: Celeriac, sender: Worker, worker: Worker, pid: int, exitcode: int) -> None:
     """A process that ran tasks is about to exit: a pool child that is recycled
     (``max_tasks_per_child``, ``max_memory_per_child``), retired (the pool shrank) or stopped;
     the worker process itself, once, when an in-process pool stops. Called in that process
@@ -419,12 +420,12 @@ def worker_process_shutdown(app: Celeriac, worker: Worker, pid: int, exitcode: i
 
 
 @hookspec
-def worker_ready(app: Celeriac, worker: Worker) -> None:
+def worker_ready(app: Celeriac, sender: Worker, worker: Worker) -> None:
     """A worker is consuming. Called in the worker process."""
 
 
 @hookspec
-def worker_shutting_down(app: Celeriac, worker: Worker, sig: str, how: str, exitcode: int) -> None:
+def worker_shutting_down(app: Celeriac, sender: Worker, worker: Worker, sig: str, how: str, exitcode: int) -> None:
     """A worker began to shut down.
 
     :param sig: the signal name that triggered it (``SIGTERM``), or ``""``.
@@ -434,5 +435,5 @@ def worker_shutting_down(app: Celeriac, worker: Worker, sig: str, how: str, exit
 
 
 @hookspec
-def worker_shutdown(app: Celeriac, worker: Worker) -> None:
+def worker_shutdown(app: Celeriac, sender: Worker, worker: Worker) -> None:
     """A worker stopped: pool stopped, messages settled or handed back. Called in the worker process."""

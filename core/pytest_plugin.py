@@ -21,6 +21,12 @@ if TYPE_CHECKING:
     from celeriac.worker import Worker
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``timeout`` mark the conformance suites use, for projects without
+    pytest-timeout (there it is a no-op; with pytest-timeout it bounds each test)."""
+    config.addinivalue_line("markers", "timeout(seconds): fail the test after this many seconds (pytest-timeout)")
+
+
 @pytest.fixture
 def celeriac_config() -> dict[str, Any]:
     """Settings for ``celeriac_app``; override in your conftest to use another broker."""

@@ -196,6 +196,12 @@ def call(
 def result(task_id: str, wait: bool, timeout: float | None) -> None:
     """Print the state and result of TASK_ID as JSON."""
     app = get_app()
+    if app.result_store.reply_to is not None:
+        raise HandledError(
+            f"result_store {app.conf.masked()['result_store']} sends each result only to the client that sent "
+            "the task, so no other process can read it; use a result store such as redis:// or sqlite:// "
+            "to read results here"
+        )
     handle = app.AsyncResult(task_id)
     if wait:
         record = app.result_store.wait(task_id, states=states.READY_STATES, timeout=timeout)

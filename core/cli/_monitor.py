@@ -265,6 +265,9 @@ def events(dump: bool, as_json: bool, timeout: float | None, limit: int | None, 
 
     Task events need workers started with -E (or `celeriac control enable_events`)."""
     app = get_app()
+    if not dump and not sys.stdout.isatty():
+        click.echo("-> celeriac events: stdout is not a terminal, so one line per event (as --dump)", err=True)
+        dump = True
     if dump:
         with app.events.Receiver() as receiver:
             click.echo(f"-> celeriac events: listening on {receiver.channel}", err=True)

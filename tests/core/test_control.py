@@ -240,10 +240,19 @@ def test_cli_events_live_view_without_rich(
     import sys
 
     monkeypatch.setitem(sys.modules, "rich", None)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # the live view is for terminals
     code, _, err = _run(["events", "--timeout", "0.1"], capsys)
     assert code == 1
     expected = "celeriac: the live events view needs the 'monitor' extra: pip install 'celeriac[monitor]'\n"
     assert err == expected
+
+
+def test_cli_events_into_a_pipe_prints_one_line_per_event(
+    cli_app: Celeriac, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _run(["events", "--timeout", "0.2"], capsys)
+    assert code == 0
+    assert "stdout is not a terminal, so one line per event (as --dump)" in err
 
 
 def test_cli_control_rejects_args_for_builtin_commands(cli_app: Celeriac, capsys: pytest.CaptureFixture[str]) -> None:

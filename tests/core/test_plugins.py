@@ -151,3 +151,14 @@ def test_config_plugins_import_from_the_working_directory_and_errors_name_their_
         Celeriac("tests", environ={"CELERIAC_PLUGINS": "nosuchmod"})
     with pytest.raises(PluginError, match=r"^\$CELERIAC_DISABLE_PLUGINS: disable_plugins: no plugin called 'nope'"):
         Celeriac("tests", environ={"CELERIAC_DISABLE_PLUGINS": "nope"})
+
+
+def test_celery_style_worker_signal_handlers_get_the_worker_as_sender(app: Celeriac) -> None:
+    from celeriac.testing import start_worker
+
+    seen: list[Any] = []
+    app.on("worker_ready")(lambda sender: seen.append(("ready", sender)))
+    app.on("worker_shutdown")(lambda sender=None, **kwargs: seen.append(("shutdown", sender)))
+    with start_worker(app, pool="solo") as worker:
+        pass
+    assert seen == [("ready", worker), ("shutdown", worker)]
