@@ -197,6 +197,7 @@ def result(task_id: str, wait: bool, timeout: float | None) -> None:
     """Print the state and result of TASK_ID as JSON."""
     app = get_app()
     if app.result_store.reply_to is not None:
+        app.close()  # its connection to the broker is of no use here
         raise HandledError(
             f"result_store {app.conf.masked()['result_store']} sends each result only to the client that sent "
             "the task, so no other process can read it; use a result store such as redis:// or sqlite:// "

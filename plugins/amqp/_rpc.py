@@ -149,6 +149,9 @@ class RPCResultStore(celeriac.ResultStore):
                     self._dropped,
                     self.settings.max_unread_results,
                 )
+        # Another thread may wait on the condition (not reading the socket) for exactly this
+        # record: wake it now, not at the link's next tick (a quarter of the heartbeat).
+        self._consumer.cond.notify_all()
 
     def _lookup_locked(self, task_id: str) -> celeriac.ResultRecord | None:
         found = self._records.get(task_id)

@@ -84,7 +84,8 @@ class SigningFilter(celeriac.MessageFilter):
         key = self.verify_keys.get(kid) if isinstance(kid, str) else None
         if key is None:
             raise celeriac.DecodeError(
-                f"message signed with unknown key id {kid!r}; add that key to [celeriac.security] verify_keys to accept it"
+                f"message signed with unknown key id {kid!r}; "
+                "add that key to [celeriac.security] verify_keys to accept it"
             )
         encoded = signature[len(_PREFIX) :]
         try:
