@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -87,6 +89,14 @@ def _autoscale(value: str | None) -> list[int] | None:
 @click.option("-E", "--events", "send_events", is_flag=True, default=None, help="Send task events for monitors.")
 @click.option("--statedb", help="File that keeps revoked task ids across restarts.")
 @click.option("-B", "--beat", "embed_beat", is_flag=True, help="Also run the periodic-task scheduler (beat) here.")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), help="Hard time limit of every task (s).")
+@click.option(
+    "--soft-time-limit", type=click.FloatRange(min=0, min_open=True), help="Soft time limit of every task (s)."
+)
+@click.option("-f", "--logfile", type=click.Path(dir_okay=False), help="Write the log to this file, not stderr.")
+@click.option(
+    "--pidfile", type=click.Path(dir_okay=False), help="Write the worker's pid here; refuse to start if taken."
+)
 def worker(
     queues: str | None,
     concurrency: int | None,
@@ -100,12 +110,18 @@ def worker(
     send_events: bool | None,
     statedb: str | None,
     embed_beat: bool,
+    time_limit: float | None,
+    soft_time_limit: float | None,
+    logfile: str | None,
+    pidfile: str | None,
     **plugin_options: Any,
 ) -> None:
     """Start a worker: consume queues and run tasks until SIGTERM/SIGINT."""
     app = get_app()
     app.conf.update(
         {
+            "task_time_limit": time_limit,
+            "task_soft_time_limit": soft_time_limit,
             "worker_autoscale": _autoscale(autoscale),
             "worker_max_tasks_per_child": max_tasks_per_child,
             "worker_max_memory_per_child": max_memory_per_child,
@@ -116,7 +132,16 @@ def worker(
         origin="command line",
     )
     level = (loglevel or app.conf.worker_log_level).upper()
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
+    if logfile:
+        try:
+            handler: logging.Handler = logging.FileHandler(logfile)
+        except OSError as exc:
+            raise HandledError(f"--logfile: cannot open {logfile!r}: {exc.strerror}") from None
+        logging.basicConfig(level=level, format=LOG_FORMAT, handlers=[handler], force=True)
+    else:
+        logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
+    if pidfile:
+        _take_pidfile(pidfile)
     node = app.Worker(
         pool=pool,
         concurrency=concurrency,
@@ -131,7 +156,37 @@ def worker(
         f"queues {','.join(node.queues)}, tasks: {', '.join(_user_tasks(app.tasks)) or 'none'}",
         err=True,
     )
-    sys.exit(node.run())
+    try:
+        code = node.run()
+    finally:
+        if pidfile:
+            with contextlib.suppress(OSError):
+                os.unlink(pidfile)
+    sys.exit(code)
+
+
+def _take_pidfile(path: str) -> None:
+    """Write this process's pid to ``path``; a file naming a live process means another worker
+    runs there: refuse (a stale file of a dead process is replaced)."""
+    try:
+        with open(path) as handle:
+            other = int(handle.read().strip() or 0)
+    except (OSError, ValueError):
+        other = 0
+    if other and other != os.getpid():
+        try:
+            os.kill(other, 0)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            raise HandledError(f"--pidfile {path}: process {other} is running; stop it or use another file") from None
+        else:
+            raise HandledError(f"--pidfile {path}: process {other} is running; stop it or use another file")
+    try:
+        with open(path, "w") as handle:
+            handle.write(f"{os.getpid()}\n")
+    except OSError as exc:
+        raise HandledError(f"--pidfile: cannot write {path!r}: {exc.strerror}") from None
 
 
 def _embed_beat(app: Any, node: Any) -> None:

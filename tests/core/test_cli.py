@@ -211,3 +211,27 @@ def test_config_flag_reaches_an_app_built_in_code(
     code, out, err = run(["--config", "elsewhere.toml", "-A", "codeapp:app", "config", "--json"], capsys)
     assert code == 0, err
     assert "memory://from-flag" in out
+
+
+def test_worker_logfile_pidfile_and_time_limit_flags(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str], fixtures_on_path: Path
+) -> None:
+    import os
+
+    import worker_option_plugin
+
+    (in_tmp / "celeriac.toml").write_text(
+        '[celeriac]\nbroker_url = "memory://flags"\nresult_store = "memory://flags"\n'
+        'plugins = ["worker_option_plugin"]\n'
+    )
+    worker_option_plugin.LIMITS.clear()
+    argv = ["worker", "-P", "solo", "--logfile", "w.log", "--pidfile", "w.pid", "--time-limit", "5"]
+    code, _, err = run([*argv, "--soft-time-limit", "3"], capsys)
+    assert code == 0, err
+    assert worker_option_plugin.LIMITS == [(5.0, 3.0)]
+    assert "worker ready, greeting hello" in (in_tmp / "w.log").read_text()  # the log went to the file
+    assert not (in_tmp / "w.pid").exists()  # removed at exit
+    (in_tmp / "w.pid").write_text(f"{os.getppid()}\n")  # a live process holds it
+    code, _, err = run(argv, capsys)
+    assert code == 1
+    assert err.strip() == f"celeriac: --pidfile w.pid: process {os.getppid()} is running; stop it or use another file"
