@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from .. import states
+from .._envelope import Envelope
 from ..exceptions import HandledError, TimeoutError
 from ._main import cli, get_app
 
@@ -298,6 +299,55 @@ def purge(queues: str | None, force: bool) -> None:
     for name in names:
         count = app.transport.purge(name)
         click.echo(f"purged {count} message{'s' if count != 1 else ''} from {name}")
+
+
+@cli.command("dead-letter")
+@click.argument("queue")
+@click.option("--requeue", is_flag=True, help="Move the messages back to QUEUE (fresh delivery counts).")
+@click.option("--purge", "drop", is_flag=True, help="Delete the dead-lettered messages.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per message.")
+def dead_letter(queue: str, requeue: bool, drop: bool, limit: int, as_json: bool) -> None:
+    """List the dead-lettered messages of QUEUE (and why), or --requeue / --purge them."""
+    if requeue and drop:
+        raise HandledError("dead-letter: --requeue and --purge exclude each other; pick one")
+    app = get_app()
+    transport = app.transport
+    dead = transport.dead_letter_queue(queue)
+    if drop:
+        count = transport.purge(dead)
+        click.echo(f"purged {count} message{'s' if count != 1 else ''} from {dead}")
+        return
+    deliveries: list[Any] = []
+    while len(deliveries) < limit:
+        batch = transport.fetch([dead], limit=limit - len(deliveries), timeout=0.2)
+        if not batch:
+            break
+        deliveries += batch
+    for delivery in deliveries:
+        headers = delivery.envelope.headers
+        entry = {
+            "id": headers.get("id"),
+            "task": headers.get("task"),
+            "queue": headers.get("x-death-queue") or queue,
+            "reason": headers.get("x-death-reason"),
+            "args": headers.get("argsrepr"),
+            "kwargs": headers.get("kwargsrepr"),
+        }
+        click.echo(_to_json(entry) if as_json else f"{entry['task']}[{entry['id']}] {entry['reason']}")
+    if requeue:
+        for delivery in deliveries:
+            envelope = delivery.envelope
+            clean = {k: v for k, v in envelope.headers.items() if not str(k).startswith("x-death")}
+            back = Envelope(envelope.body, envelope.content_type, envelope.content_encoding, clean, envelope.properties)
+            transport.publish(back, str(envelope.headers.get("x-death-queue") or queue))
+            transport.ack(delivery)  # only once it is back on its queue: nothing is lost
+        click.echo(f"requeued {len(deliveries)} message{'s' if len(deliveries) != 1 else ''} to {queue}", err=True)
+    else:
+        for delivery in deliveries:  # listing leaves them where they are
+            transport.reject(delivery, requeue=True)
+        if not deliveries:
+            click.echo(f"no dead-lettered messages in {dead}", err=True)
 
 
 # -- plugins / config -----------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from celeriac.cli import main
-from celeriac.testing import start_worker
+from celeriac.testing import start_worker, wait_for
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -235,3 +235,47 @@ def test_worker_logfile_pidfile_and_time_limit_flags(
     code, _, err = run(argv, capsys)
     assert code == 1
     assert err.strip() == f"celeriac: --pidfile w.pid: process {os.getppid()} is running; stop it or use another file"
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_dead_letter_lists_requeues_and_purges(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str], backend: str, request: pytest.FixtureRequest
+) -> None:
+    import uuid
+
+    from celeriac import Celeriac
+
+    if backend == "redis":
+        from tests.core.conftest import WORKFLOW_BACKENDS
+
+        settings = WORKFLOW_BACKENDS["redis"](uuid.uuid4().hex, request)
+        url = settings["broker_url"]
+        options = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items() if key != "broker_url")
+    else:
+        url, options = f"memory://dl-{uuid.uuid4().hex}", ""
+    queue = f"dl-{uuid.uuid4().hex[:8]}"
+    (in_tmp / "celeriac.toml").write_text(f'[celeriac]\nbroker_url = "{url}"\n{options}')
+    app = Celeriac("tests", environ={})
+    try:
+        for number in range(3):
+            app.send_task("no.such.task", [number], queue=queue)
+        dead = app.transport.dead_letter_queue(queue)
+        with start_worker(app, queues=[queue]):
+            wait_for(lambda: app.transport.queue_length(dead) == 3)
+        code, out, _ = run(["dead-letter", queue, "--json"], capsys)
+        assert code == 0
+        listed = [json.loads(line) for line in out.splitlines()]
+        assert sorted(entry["args"] for entry in listed) == ["(0,)", "(1,)", "(2,)"]
+        assert all("no.such.task" in entry["reason"] and entry["queue"] == queue for entry in listed)
+        assert app.transport.queue_length(dead) == 3  # listing keeps them
+        code, _, err = run(["dead-letter", queue, "--requeue", "--limit", "2"], capsys)
+        assert (code, err.strip()) == (0, f"requeued 2 messages to {queue}")
+        assert app.transport.queue_length(queue) == 2
+        assert app.transport.queue_length(dead) == 1
+        requeued = app.transport.fetch([queue], limit=5, timeout=1)
+        assert all(not any(k.startswith("x-death") for k in d.envelope.headers) for d in requeued)
+        app.transport.ack_many(requeued)
+        code, out, _ = run(["dead-letter", queue, "--purge"], capsys)
+        assert (code, out.strip()) == (0, f"purged 1 message from {dead}")
+    finally:
+        app.close()
