@@ -11,7 +11,7 @@ from ._envelope import Delivery, Envelope
 from .app import Celeriac, current_app
 from .canvas import Signature, chain, chord, chunks, group, maybe_signature, signature, xmap, xstarmap
 from .codec import Compressor, MessageCodec, MessageFilter
-from .config import Config, Setting
+from .config import Config, Setting, mask_url
 from .exceptions import (
     CeleriacError,
     ChordError,
@@ -105,6 +105,7 @@ __all__ = [
     "group",
     "hookimpl",
     "hookspec",
+    "mask_url",
     "maybe_signature",
     "shared_task",
     "signature",

@@ -22,7 +22,15 @@ from typing import Any
 
 from .exceptions import ConfigError
 
-__all__ = ["KERNEL_SETTINGS", "Config", "ConfigSource", "Setting", "discover_config_file", "read_config_file"]
+__all__ = [
+    "KERNEL_SETTINGS",
+    "Config",
+    "ConfigSource",
+    "Setting",
+    "discover_config_file",
+    "mask_url",
+    "read_config_file",
+]
 
 _KINDS = {
     "str": "a string",

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import celeriac
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -43,16 +44,6 @@ class ApiError(Exception):
         self.message = message
 
 
-def mask_url(url: str) -> str:
-    """``redis://user:secret@host`` -> ``redis://user:****@host``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user, has_password, _ = credentials.partition(":")
-    return f"{scheme}://{user}:****@{host}" if has_password else f"{scheme}://****@{host}"
-
-
 def mask_secrets(value: Any, key: str = "") -> Any:
     """A copy of ``value`` with secret-looking keys' values replaced by ``****`` and passwords
     inside URLs masked (a worker's config is shown through this)."""
@@ -61,9 +52,9 @@ def mask_secrets(value: Any, key: str = "") -> Any:
     if isinstance(value, list | tuple):
         return [mask_secrets(item, key) for item in value]
     if _SECRET_KEY.search(key) and value not in (None, "", [], {}) and not isinstance(value, bool | int | float):
-        return mask_url(value) if isinstance(value, str) and "://" in value else "****"
+        return celeriac.mask_url(value) if isinstance(value, str) and "://" in value else "****"
     if isinstance(value, str) and "://" in value:
-        return mask_url(value)
+        return celeriac.mask_url(value)
     return value
 
 
